@@ -1,0 +1,3 @@
+from semimer.cli import main
+
+raise SystemExit(main())

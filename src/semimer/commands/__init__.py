@@ -1,0 +1,1 @@
+"""Sub-commands of the ``semimer`` CLI (one module each; see semimer.cli)."""

@@ -1,0 +1,57 @@
+"""semimer evaluate PREDICTIONS.csv LABELS.csv [--json]"""
+
+HELP = "score a predictions/submission CSV against labels: WAF, accuracy, macro-F1, per-class F1, confusion"
+
+
+def add_arguments(p):
+    p.add_argument("predictions", help="CSV with name,discrete (extra columns ignored)")
+    p.add_argument("labels", help="CSV with name,discrete (e.g. test-labels.csv)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--classes", help="comma-separated class order (default: MER2024)")
+
+
+def evaluate_files(pred_path, label_path, classes=None) -> dict:
+    from semimer import MER2024_CLASSES
+    from semimer.data.layout import load_labels
+    from semimer.metrics import scores
+    from semimer.predictions import read_predictions
+
+    classes = list(classes or MER2024_CLASSES)
+    truth = load_labels(label_path, classes)
+    names, _, _, pred_words = read_predictions(pred_path)
+    index = {c: i for i, c in enumerate(classes)}
+    pred = {}
+    for n, w in zip(names, pred_words):
+        if w not in index:
+            raise ValueError(f"{pred_path}: clip {n!r} has unknown class {w!r}; expected one of {', '.join(classes)}")
+        pred[n] = index[w]
+    missing = [n for n in truth if n not in pred]
+    if missing:
+        raise ValueError(f"{pred_path} has no prediction for {len(missing)} labeled clip(s), e.g. {missing[:3]}")
+    order = sorted(truth)
+    return scores([truth[n] for n in order], [pred[n] for n in order], len(classes), classes)
+
+
+def run(args) -> int:
+    import json
+
+    classes = args.classes.split(",") if args.classes else None
+    s = evaluate_files(args.predictions, args.labels, classes)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(format_scores(s))
+    return 0
+
+
+def format_scores(s: dict) -> str:
+    classes = list(s["per_class_f1"])
+    lines = [f"clips      {s['n']}", f"WAF        {100 * s['waf']:.2f}", f"accuracy   {100 * s['accuracy']:.2f}",
+             f"macro-F1   {100 * s['macro_f1']:.2f}", "per-class F1:"]
+    lines += [f"  {c:<9} {100 * v:6.2f}" for c, v in s["per_class_f1"].items()]
+    w = max(len(c) for c in classes)
+    lines.append("confusion (rows true, columns predicted):")
+    lines.append(" " * (w + 2) + " ".join(f"{c[:6]:>6}" for c in classes))
+    for c, row in zip(classes, s["confusion"]):
+        lines.append(f"  {c:<{w}}" + " ".join(f"{v:>6}" for v in row))
+    return "\n".join(lines)

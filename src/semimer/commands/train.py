@@ -1,0 +1,31 @@
+"""semimer train --data DIR --audio F --text F --video F --model NAME --out RUN [key=value ...]"""
+
+HELP = "train with stratified, seeded K-fold CV; writes metrics, predictions, weights and plots to RUN"
+
+
+def add_arguments(p):
+    from semimer.commands._common import add_data_arguments
+
+    add_data_arguments(p)
+    p.add_argument("--model", help="model name (see `semimer models`); default attention")
+    p.add_argument("--out", required=True, help="run folder")
+
+
+def run(args) -> int:
+    from semimer.commands._common import config_from_args, load_data
+    from semimer.cv import run_cv
+    from semimer.metrics import fmt
+
+    cfg = config_from_args(args, [f"model.name={args.model}"] if args.model else [])
+    data = load_data(cfg)
+    if cfg.model.name == "mrccl" and cfg.pretrain.enabled:
+        from semimer.pretrain import pretrain_for_run
+
+        init = pretrain_for_run(data, cfg, args.out)
+    else:
+        init = None
+    res = run_cv(data, cfg, args.out, init_state=init)
+    m = res.metrics
+    print(f"CV WAF {fmt(m['cv']['waf'])}  accuracy {fmt(m['cv']['accuracy'])}  macro-F1 {fmt(m['cv']['macro_f1'])}"
+          f"  ({cfg.train.folds} folds, model {cfg.model.name}) -> {args.out}")
+    return 0

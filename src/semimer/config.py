@@ -1,0 +1,136 @@
+"""Typed run configuration: dataclasses, YAML files and ``key=value`` overrides (via OmegaConf).
+
+``load_config(yaml_file, overrides)`` merges, in order: the dataclass defaults, an optional YAML
+file, then dot-list overrides such as ``train.epochs=20 model.hidden=256``. Unknown keys and wrong
+types are errors. The resolved config is saved as ``config.yaml`` next to every run's outputs.
+No absolute paths in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from semimer import MER2024_CLASSES
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    audio: Optional[str] = "audio-UTT"
+    text: Optional[str] = "text-UTT"
+    video: Optional[str] = "video-UTT"
+    classes: list = field(default_factory=lambda: list(MER2024_CLASSES))
+    label_file: Optional[str] = None
+    candidate_file: Optional[str] = None
+    prefer: str = "packed"  # which store to read when both a pack and a .npy folder exist
+
+    def features(self) -> dict[str, str]:
+        return {m: f for m, f in (("audio", self.audio), ("text", self.text), ("video", self.video)) if f}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "attention"  # see semimer.models.list_models()
+    hidden: int = 256  # per-modality encoder width (attention baseline) / shared width d (MR-CCL)
+    dropout: float = 0.3
+    head_hidden: int = 128
+    # MR-CCL voting over heads: weights for audio, text, video, fusion (published a .7 t .3 v .4 f .7)
+    vote_weights: dict = field(default_factory=lambda: {"audio": 0.7, "text": 0.3, "video": 0.4, "fusion": 0.7})
+    vote_mode: str = "prob"  # prob (soft vote of probabilities) | logit (sum of logits, as published)
+    lambda_modal: float = 1.0
+    lambda_noise: float = 1.0
+    use_modal: bool = True
+    use_noise: bool = True
+    temperature_init: float = 0.1
+
+
+@dataclass
+class NoiseSettings:
+    num_steps: int = 100
+    beta_start: float = 0.001
+    beta_end: float = 0.1
+    schedule: str = "scaled_linear"
+    kind: str = "gaussian"
+
+
+@dataclass
+class NoiseConfig:
+    audio: NoiseSettings = field(default_factory=NoiseSettings)
+    text: NoiseSettings = field(default_factory=NoiseSettings)
+    video: NoiseSettings = field(default_factory=NoiseSettings)
+
+
+@dataclass
+class TrainConfig:
+    folds: int = 5
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # early stopping on validation WAF (0 = off); best epoch kept
+    oversample: bool = False
+    oversample_ratio: float = 1.0  # minority classes up to this fraction of the majority count
+    device: str = "auto"
+    eval_batch_size: int = 1024
+    tensorboard: bool = False
+    progress: bool = True
+    threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+
+
+@dataclass
+class PretrainConfig:
+    enabled: bool = False
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_clips: int = 0  # 0 = whole unlabeled + labeled pool
+    include_candidates: bool = True  # test clips are unlabeled: using them without labels is legitimate
+
+
+@dataclass
+class SelfTrainConfig:
+    rounds: int = 1
+    thresholds: dict = field(default_factory=lambda: {"neutral": 0.99, "angry": 0.99, "happy": 0.99,
+                                                      "sad": 0.99, "worried": 0.85, "surprise": 0.85})
+    adaptive: bool = False  # FlexMatch-style class-adaptive thresholds
+    adaptive_base: float = 0.95
+    max_per_class: int = 0  # 0 = no cap
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+
+
+def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides; returns a typed :class:`RunConfig`."""
+    cfg = OmegaConf.structured(RunConfig)
+    if yaml_file:
+        if not Path(yaml_file).is_file():
+            raise FileNotFoundError(f"config file {yaml_file} does not exist")
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(yaml_file))
+    bad = [o for o in overrides or [] if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must look like key=value (e.g. train.epochs=20), got {bad}")
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as exc:  # omegaconf's ConfigKeyError / ValidationError
+            raise ValueError(f"bad override: {exc}") from exc
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,336 @@
+"""Feature stores: how one extractor's features for many clips are kept on disk.
+
+Two forms, same interface (:class:`FeatureStore`):
+
+* :class:`NpyFolderStore` reads the field's layout as users have it: ``features/<FEATURE>/<name>.npy``
+  with one ``(D,)`` (utterance level) or ``(T, D)`` (frame level) array per clip.
+* :class:`PackedStore` is what ``semimer pack`` writes: one memory-mapped ``data.npy`` holding every
+  clip's rows back to back (``(N, D)`` at utterance level, ``(sum T, D)`` at frame level), an
+  ``offsets.npy`` (``N + 1`` row offsets), ``names.json`` (row order) and ``manifest.json``
+  (feature, level, dim, count, dtype, source). Opening it reads two small files; arrays are paged in
+  by the OS on access, so a 115k-clip pool never has to fit in RAM.
+
+Stores are registered by decorator (``@register_store``) so new formats plug in without editing a
+dict. Every read checks the shape against the store's dim and values for NaN/Inf, and errors name
+the clip and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from semimer.io import read_json, write_json
+
+STORE_TYPES: dict[str, type["FeatureStore"]] = {}
+PACKED_DIRNAME = "packed"
+FEATURES_DIRNAME = "features"
+
+
+def register_store(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        STORE_TYPES[name] = cls
+        cls.kind = name
+        return cls
+
+    return deco
+
+
+def level_of(shape: Sequence[int]) -> str:
+    if len(shape) == 1:
+        return "utt"
+    if len(shape) == 2:
+        return "frame"
+    raise ValueError(f"feature arrays must be (D,) or (T, D), got shape {tuple(shape)}")
+
+
+class FeatureStore:
+    """Read-only mapping ``clip name -> float32 array`` for one feature."""
+
+    kind = "abstract"
+    feature: str
+    level: str  # "utt" or "frame"
+    dim: int
+    path: Path
+
+    @property
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def __contains__(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _read(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def source_of(self, name: str) -> str:
+        return str(self.path)
+
+    def get(self, name: str) -> np.ndarray:
+        """The clip's array as float32, checked for shape and finiteness."""
+        if name not in self:
+            raise KeyError(
+                f"clip {name!r} has no '{self.feature}' feature in {self.path}; "
+                f"extract it (semimer extract) or drop the clip from the label/candidate CSV"
+            )
+        arr = np.asarray(self._read(name), dtype=np.float32)
+        self._check(name, arr)
+        return arr
+
+    def _check(self, name: str, arr: np.ndarray) -> None:
+        want_ndim = 1 if self.level == "utt" else 2
+        if arr.ndim != want_ndim or arr.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.source_of(name)}: clip {name!r} has shape {arr.shape}, expected "
+                f"{'(%d,)' % self.dim if want_ndim == 1 else '(T, %d)' % self.dim} like the rest of "
+                f"feature '{self.feature}'; re-extract this clip"
+            )
+        if self.level == "frame" and arr.shape[0] == 0:
+            raise ValueError(f"{self.source_of(name)}: clip {name!r} has zero frames; re-extract this clip")
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"{self.source_of(name)}: clip {name!r} contains NaN/Inf values; re-extract this clip "
+                f"(or remove it from the label/candidate CSV)"
+            )
+
+    def get_many(self, names: Sequence[str]) -> np.ndarray | list[np.ndarray]:
+        """Utterance level: a stacked ``(len(names), D)`` array; frame level: a list of ``(T, D)``."""
+        arrays = [self.get(n) for n in names]
+        if self.level == "utt":
+            return np.stack(arrays) if arrays else np.zeros((0, self.dim), np.float32)
+        return arrays
+
+    def describe(self) -> dict:
+        return {"feature": self.feature, "kind": self.kind, "level": self.level, "dim": self.dim,
+                "count": len(self), "path": str(self.path)}
+
+
+@register_store("npy-folder")
+class NpyFolderStore(FeatureStore):
+    """``<folder>/<name>.npy``, one file per clip (the field's layout)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"feature folder {self.path} does not exist")
+        self.feature = self.path.name
+        self._names = sorted(p.name[:-4] for p in os.scandir(self.path) if p.name.endswith(".npy") and not p.name.startswith("."))
+        if not self._names:
+            raise FileNotFoundError(f"feature folder {self.path} holds no .npy files")
+        self._set = set(self._names)
+        shape = _npy_shape(self.path / f"{self._names[0]}.npy")
+        self.level = level_of(shape)
+        self.dim = int(shape[-1])
+
+    @property
+    def names(self) -> list[str]:
+        return self._names
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._set
+
+    def source_of(self, name: str) -> str:
+        return str(self.path / f"{name}.npy")
+
+    def _read(self, name: str) -> np.ndarray:
+        f = self.path / f"{name}.npy"
+        try:
+            return np.load(f, allow_pickle=False)
+        except Exception as exc:  # truncated/corrupt file
+            raise ValueError(f"{f}: cannot read clip {name!r} ({exc}); re-extract this clip") from exc
+
+
+@register_store("packed")
+class PackedStore(FeatureStore):
+    """A packed, memory-mapped store written by :func:`pack_folder`."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder)
+        manifest_file = self.path / "manifest.json"
+        if not manifest_file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a packed store (no manifest.json); run `semimer pack`")
+        self.manifest = read_json(manifest_file)
+        self.feature = self.manifest["feature"]
+        self.level = self.manifest["level"]
+        self.dim = int(self.manifest["dim"])
+        self._names = json.loads((self.path / "names.json").read_text(encoding="utf-8"))
+        self._index = {n: i for i, n in enumerate(self._names)}
+        if len(self._index) != len(self._names):
+            raise ValueError(f"{self.path}/names.json has duplicate clip names; re-pack the feature")
+        self.data = np.load(self.path / "data.npy", mmap_mode="r")
+        self.offsets = np.load(self.path / "offsets.npy")
+        if len(self.offsets) != len(self._names) + 1 or self.data.shape[-1] != self.dim:
+            raise ValueError(f"{self.path}: data/offsets/names disagree; the pack is damaged, re-run `semimer pack`")
+
+    @property
+    def names(self) -> list[str]:
+        return self._names
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def source_of(self, name: str) -> str:
+        return f"{self.path / 'data.npy'} (row of clip {name})"
+
+    def _read(self, name: str) -> np.ndarray:
+        i = self._index[name]
+        if self.level == "utt":
+            return np.array(self.data[i])
+        return np.array(self.data[self.offsets[i]:self.offsets[i + 1]])
+
+    def get_many(self, names: Sequence[str]):
+        if self.level != "utt":
+            return super().get_many(names)
+        missing = [n for n in names if n not in self._index]
+        if missing:
+            self.get(missing[0])  # raises the standard message
+        idx = np.fromiter((self._index[n] for n in names), dtype=np.int64, count=len(names))
+        order = np.argsort(idx, kind="stable")  # sorted reads are sequential on disk
+        out = np.empty((len(names), self.dim), dtype=np.float32)
+        out[order] = self.data[idx[order]]
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            name = names[int(np.flatnonzero(bad)[0])]
+            self._check(name, out[int(np.flatnonzero(bad)[0])])
+        return out
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a ``.npy`` without reading its data."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, _ = np.lib.format.read_array_header_2_0(fh)
+        return tuple(shape)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npy file ({exc}); re-extract this clip") from exc
+
+
+def feature_dirs(root: str | os.PathLike, feature: str) -> tuple[Path, Path]:
+    root = Path(root)
+    return root / PACKED_DIRNAME / feature, root / FEATURES_DIRNAME / feature
+
+
+def open_store(root: str | os.PathLike, feature: str, prefer: str = "packed") -> FeatureStore:
+    """Open ``feature`` under a data root: the packed store if present, else the ``.npy`` folder.
+
+    ``feature`` may also be a path to either kind of folder.
+    """
+    direct = Path(feature)
+    if direct.is_dir() and (direct.is_absolute() or not (Path(root) / FEATURES_DIRNAME / feature).exists()):
+        return PackedStore(direct) if (direct / "manifest.json").exists() else NpyFolderStore(direct)
+    packed, folder = feature_dirs(root, feature)
+    order = [packed, folder] if prefer == "packed" else [folder, packed]
+    for cand in order:
+        if cand == packed and (cand / "manifest.json").is_file():
+            return PackedStore(cand)
+        if cand == folder and cand.is_dir():
+            return NpyFolderStore(cand)
+    available = sorted({p.name for d in (Path(root) / FEATURES_DIRNAME, Path(root) / PACKED_DIRNAME) if d.is_dir() for p in d.iterdir() if p.is_dir()})
+    raise FileNotFoundError(
+        f"feature '{feature}' not found under {root} (looked for {folder} and {packed}); "
+        f"available: {', '.join(available) or 'none'}"
+    )
+
+
+def pack_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
+                progress: bool = True, dtype: str = "float32") -> Path:
+    """Pack ``<root>/features/<FEATURE>/*.npy`` into ``<root>/packed/<FEATURE>/`` (or ``out``).
+
+    Two passes: shapes are read from the ``.npy`` headers only, then rows are copied into a
+    pre-allocated memory-mapped array, so memory stays flat whatever the corpus size. Written into
+    a temporary folder that is renamed into place at the end: a killed pack leaves the old pack
+    (or none), never a half one.
+    """
+    src = NpyFolderStore(folder)
+    out = Path(out) if out else src.path.parent.parent / PACKED_DIRNAME / src.feature
+    names = src.names
+    shapes = [_npy_shape(src.path / f"{n}.npy") for n in names]
+    for n, s in zip(names, shapes):
+        if len(s) != (1 if src.level == "utt" else 2) or s[-1] != src.dim:
+            raise ValueError(f"{src.path / (n + '.npy')}: shape {s} differs from the feature's "
+                             f"{'(%d,)' % src.dim if src.level == 'utt' else '(T, %d)' % src.dim}; re-extract it")
+    lengths = np.array([1 if src.level == "utt" else s[0] for s in shapes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tmp = out.parent / f".{out.name}.packing"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    rows = int(offsets[-1])
+    shape = (rows, src.dim)
+    data = np.lib.format.open_memmap(tmp / "data.npy", mode="w+", dtype=np.dtype(dtype), shape=shape)
+    it: Iterable = enumerate(names)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(names), desc=f"pack {src.feature}", unit="clip", mininterval=1.0)
+    for i, n in it:
+        arr = src.get(n)
+        data[offsets[i]:offsets[i + 1]] = arr.reshape(-1, src.dim)
+    data.flush()
+    del data
+    np.save(tmp / "offsets.npy", offsets)
+    (tmp / "names.json").write_text(json.dumps(names), encoding="utf-8")
+    extra = {}
+    meta = src.path / "extractor.json"
+    if meta.is_file():
+        extra["extractor"] = read_json(meta)
+    write_json(tmp / "manifest.json", {
+        "feature": src.feature, "level": src.level, "dim": src.dim, "count": len(names),
+        "rows": rows, "dtype": dtype, "source": str(src.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    })
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+class PackedWriter:
+    """Write an utterance-level packed store chunk by chunk (used by the synthetic generator and
+    by extractors that produce many clips at once). Finalise with :meth:`close`."""
+
+    def __init__(self, out: str | os.PathLike, feature: str, names: Sequence[str], dim: int, dtype: str = "float32"):
+        self.out = Path(out)
+        self.tmp = self.out.parent / f".{self.out.name}.packing"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.feature, self.names, self.dim, self.dtype = feature, list(names), int(dim), dtype
+        self.data = np.lib.format.open_memmap(self.tmp / "data.npy", mode="w+", dtype=np.dtype(dtype),
+                                              shape=(len(self.names), self.dim))
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        self.data[start:start + len(rows)] = rows
+
+    def close(self, extra: dict | None = None) -> Path:
+        self.data.flush()
+        del self.data
+        np.save(self.tmp / "offsets.npy", np.arange(len(self.names) + 1, dtype=np.int64))
+        (self.tmp / "names.json").write_text(json.dumps(self.names), encoding="utf-8")
+        write_json(self.tmp / "manifest.json", {
+            "feature": self.feature, "level": "utt", "dim": self.dim, "count": len(self.names),
+            "rows": len(self.names), "dtype": self.dtype, "source": "generated",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.tmp, self.out)
+        return self.out

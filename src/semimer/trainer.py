@@ -1,0 +1,125 @@
+"""Fit one model on one training set, choosing the best epoch on a validation set.
+
+Features for the labeled clips are small enough to sit in memory as tensors (5,030 clips x 6,912
+dims is 139 MB); large pools are streamed by :func:`predict_names`. Model selection uses validation
+WAF only; the best epoch's weights are restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from semimer.config import TrainConfig
+from semimer.utils import log
+
+Arrays = dict[str, np.ndarray]
+
+
+def to_tensors(feats: Arrays, device: torch.device) -> dict[str, torch.Tensor]:
+    return {m: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device) for m, x in feats.items()}
+
+
+def take(feats: dict, idx) -> dict:
+    return {m: x[idx] for m, x in feats.items()}
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_waf: float
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict_tensors(model, feats: dict[str, torch.Tensor], batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad)."""
+    model.eval()
+    n = len(next(iter(feats.values())))
+    out = [model(take(feats, slice(i, i + batch_size)))["probs"].float().cpu() for i in range(0, n, batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), np.float32)
+
+
+@torch.no_grad()
+def predict_names(models: Sequence, data, names: Sequence[str], device: torch.device,
+                  batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+    """Mean class probabilities of ``models`` (e.g. the fold ensemble) over clips ``names``,
+    read from the data's feature stores batch by batch (never the whole pool in RAM)."""
+    K = models[0].num_classes
+    out = np.zeros((len(names), K), dtype=np.float64)
+    starts = range(0, len(names), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="predict", unit="batch", leave=False, disable=None)
+    for s in starts:
+        chunk = list(names[s:s + batch_size])
+        feats = to_tensors(data.features(chunk), device)
+        out[s:s + len(chunk)] = np.mean([predict_tensors(m, feats, batch_size) for m in models], axis=0)
+    return out.astype(np.float32)
+
+
+def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor] | None,
+        y_val: np.ndarray | None, cfg: TrainConfig, seed: int, desc: str = "fit",
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Adam(W) on ``model.loss``; after each epoch score validation WAF; keep the best epoch.
+
+    ``train``/``val`` are tensors already on the model's device; shuffling uses a seeded generator,
+    so a CPU run is deterministic for a given ``seed``.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(y_train)
+    best = (-1.0, -1)
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    epochs = range(cfg.epochs)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = epochs = tqdm(epochs, desc=desc, unit="ep", leave=False, disable=None, mininterval=0.5)
+    for epoch in epochs:
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(y_train.device)
+        tot, parts_sum, steps = 0.0, {}, 0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
+                continue
+            loss, parts = model.loss(take(train, idx), y_train[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch}; lower train.lr or check the features")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach())
+            steps += 1
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+        rec = {"epoch": epoch, "train_loss": tot / max(steps, 1), **{f"train_{k}": v / max(steps, 1) for k, v in parts_sum.items()}}
+        if val is not None and y_val is not None and len(y_val):
+            probs = predict_tensors(model, val, cfg.eval_batch_size)
+            rec["val_waf"] = float(f1_score(y_val, probs.argmax(1), average="weighted", zero_division=0))
+            rec["val_loss"] = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
+            if rec["val_waf"] > best[0]:
+                best = (rec["val_waf"], epoch)
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            best = (float("nan"), epoch)
+            best_state = copy.deepcopy(model.state_dict())
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
+        if cfg.patience and val is not None and epoch - best[1] >= cfg.patience:
+            log.debug("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
+            break
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch=best[1], best_val_waf=best[0], history=history)
