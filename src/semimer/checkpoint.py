@@ -38,7 +38,7 @@ def save_model(folder: str | os.PathLike, model, classes, model_cfg, extra: dict
 
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu"):
-    from semimer.config import ModelConfig, NoiseConfig
+    from semimer.config import ModalityNoiseConfig, ModelConfig
     from semimer.models import build_model
     from omegaconf import OmegaConf
 
@@ -47,7 +47,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["model_config"]))
     kwargs = {}
     if "noise_config" in meta:
-        kwargs["noise_cfg"] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(NoiseConfig), meta["noise_config"]))
+        kwargs["noise_cfg"] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModalityNoiseConfig), meta["noise_config"]))
     model = build_model(meta["model"], meta["dims"], len(meta["classes"]), mcfg, **kwargs)
     model.load_state_dict(load_state(folder / "model.safetensors", device))
     return model.to(device).eval(), meta

@@ -16,6 +16,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from semimer import MER2024_CLASSES
+from semimer.noise import NoiseConfig
 
 
 @dataclass
@@ -50,19 +51,12 @@ class ModelConfig:
 
 
 @dataclass
-class NoiseSettings:
-    num_steps: int = 100
-    beta_start: float = 0.001
-    beta_end: float = 0.1
-    schedule: str = "scaled_linear"
-    kind: str = "gaussian"
+class ModalityNoiseConfig:
+    """One noise schedule per modality (published: scaled_linear, 0.001 -> 0.1, T = 100 each)."""
 
-
-@dataclass
-class NoiseConfig:
-    audio: NoiseSettings = field(default_factory=NoiseSettings)
-    text: NoiseSettings = field(default_factory=NoiseSettings)
-    video: NoiseSettings = field(default_factory=NoiseSettings)
+    audio: NoiseConfig = field(default_factory=NoiseConfig)
+    text: NoiseConfig = field(default_factory=NoiseConfig)
+    video: NoiseConfig = field(default_factory=NoiseConfig)
 
 
 @dataclass
@@ -108,7 +102,7 @@ class SelfTrainConfig:
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    noise: ModalityNoiseConfig = field(default_factory=ModalityNoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)

@@ -69,9 +69,9 @@ class SynthConfig:
     dims: dict = field(default_factory=lambda: {"audio": 1024, "text": 5120, "video": 768})
     latent_dim: int = 16
     class_sep: float = 1.0  # prototype scale
-    within_sigma: float = 0.85  # sigma_w, shared across modalities
+    within_sigma: float = 1.0  # sigma_w, shared across modalities
     gain: dict = field(default_factory=lambda: {"audio": 1.0, "text": 1.0, "video": 1.0})
-    noise_sigma: dict = field(default_factory=lambda: {"audio": 0.55, "text": 0.6, "video": 0.6})
+    noise_sigma: dict = field(default_factory=lambda: {"audio": 0.9, "text": 1.0, "video": 1.0})
     n_speakers: int = 300
     speaker_dim: int = 8
     speaker_sigma: float = 1.0

@@ -1,0 +1,151 @@
+"""MR-CCL: multimodal contrastive model with noisy views (Fan et al., MRAC @ ACM MM 2024,
+arXiv 2409.04447; specified in the project's method notes).
+
+Per modality ``m``:  ``h_m = W_m E_m(x_m)`` in a shared width ``d``; combinatorial projection
+``g_m = U_m h_m`` in ``2d``. Heads ``c_a(h_a)``, ``c_t(h_t)``, ``c_v(h_v)`` and a fusion head
+``c_f([h_a; h_t; h_v])``, each Linear -> LayerNorm -> ReLU -> Dropout -> Linear to K logits.
+
+Voting (``model.vote_mode``):
+
+* ``prob`` (default, a proper soft vote): ``p = sum_k w_k softmax(c_k) / sum_k w_k``;
+* ``logit`` (as in the published code): ``p = softmax(sum_k w_k c_k)``.
+
+Published weights: audio 0.7, text 0.3, video 0.4, fusion 0.7.
+
+Losses: ``L_cls = CE(log p, y) + mean_k CE(c_k, y)``; fine-tuning adds
+``lambda_m L_modal + lambda_n L_noise`` (:mod:`semimer.losses`), where the noisy view runs the same
+encoder on ``x~_m = sqrt(abar_t) x_m + sqrt(1 - abar_t) eps`` (:mod:`semimer.noise`, one schedule
+per modality, one timestep per clip, applied to standardised inputs). Pre-training uses
+``L_modal + L_noise`` only (:meth:`MRCCL.contrastive_loss`).
+
+Every layer acts on one clip at a time (LayerNorm, no BatchNorm, no attention across the batch), so
+a clip's prediction never depends on which clips share its batch (the published fragment fed
+``(B, 1, D)`` to a non-batch-first transformer and mixed clips). Utterance-level inputs ``(B, D)``;
+the frame-level seam is ``frame_level`` + ``<modality>_mask`` inputs (see :mod:`semimer.models.base`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semimer.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
+from semimer.models import register_model
+from semimer.models.base import EmotionModel, mlp_head
+
+HEADS = ("audio", "text", "video", "fusion")
+
+
+class ResidualEncoder(nn.Module):
+    """``E_m``: input projection then one pre-norm residual MLP block (a transformer block on a
+    single token reduces to this: self-attention over one token is a linear map)."""
+
+    def __init__(self, d_in: int, width: int, dropout: float):
+        super().__init__()
+        self.inp = nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Dropout(dropout))
+        self.block = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
+                                   nn.Dropout(dropout), nn.Linear(2 * width, width))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        return self.norm(x + self.block(x))
+
+
+@register_model("mrccl")
+class MRCCL(EmotionModel):
+    def __init__(self, dims: dict[str, int], num_classes: int, cfg, noise_cfg=None, **_):
+        super().__init__(dims, num_classes)
+        d = cfg.hidden
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict({m: ResidualEncoder(D, d, cfg.dropout) for m, D in dims.items()})
+        self.to_shared = nn.ModuleDict({m: nn.Linear(d, d) for m in dims})  # W_m
+        self.combinatorial = nn.ModuleDict({m: nn.Linear(d, 2 * d) for m in dims})  # U_m
+        self.heads = nn.ModuleDict({m: mlp_head(d, cfg.head_hidden, num_classes, cfg.dropout) for m in dims})
+        self.heads["fusion"] = mlp_head(d * len(dims), cfg.head_hidden, num_classes, cfg.dropout)
+        unknown = set(cfg.vote_weights) - set(HEADS)
+        if unknown:
+            raise ValueError(f"model.vote_weights has unknown heads {sorted(unknown)}; valid: {', '.join(HEADS)}")
+        if cfg.vote_mode not in ("prob", "logit"):
+            raise ValueError(f"model.vote_mode must be 'prob' or 'logit', not {cfg.vote_mode!r}")
+        w = torch.tensor([float(cfg.vote_weights.get(k, 0.0)) for k in self.head_names])
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"model.vote_weights must be >= 0 with a positive sum, got {dict(cfg.vote_weights)}")
+        self.register_buffer("vote_weights", w, persistent=False)
+        self.modal_loss = ModalityContrastiveLoss(init_tau=cfg.temperature_init)
+        self.noise_loss = NoiseContrastiveLoss(init_tau=cfg.temperature_init)
+        self.noise = {}
+        if noise_cfg is not None:
+            self.noise = {m: getattr(noise_cfg, m).build() for m in dims}
+        else:
+            from semimer.noise import NoiseConfig
+
+            self.noise = {m: NoiseConfig().build() for m in dims}
+
+    @property
+    def head_names(self) -> list[str]:
+        return [*self.modalities, "fusion"]
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``h_m`` for standardised inputs."""
+        return {m: self.to_shared[m](self.encoders[m](batch[m])) for m in self.modalities}
+
+    def vote(self, head_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Voted class probabilities ``(B, K)``."""
+        stacked = torch.stack([head_logits[k] for k in self.head_names])  # (H, B, K)
+        w = self.vote_weights.to(stacked.dtype).view(-1, 1, 1)
+        if self.cfg.vote_mode == "logit":
+            return torch.softmax((w * stacked).sum(0), dim=-1)
+        return (w * torch.softmax(stacked, dim=-1)).sum(0) / w.sum()
+
+    def _forward_std(self, x: dict[str, torch.Tensor]) -> dict:
+        h = self.embed(x)
+        head_logits = {m: self.heads[m](h[m]) for m in self.modalities}
+        head_logits["fusion"] = self.heads["fusion"](torch.cat([h[m] for m in self.modalities], dim=-1))
+        probs = self.vote(head_logits)
+        return {"h": h, "head_logits": head_logits, "probs": probs,
+                "logits": torch.log(probs.clamp_min(1e-12))}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        return self._forward_std(self.standardizer(batch))
+
+    def _noisy(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.noise[m].add_noise(x[m]) for m in self.modalities}
+
+    def _contrastive(self, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor], use_modal: bool,
+                     use_noise: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        terms, parts = {}, {}
+        if use_modal and len(self.modalities) > 1:
+            g = {m: self.combinatorial[m](h[m]) for m in self.modalities}
+            terms["modal"], p = self.modal_loss(h, g)
+            parts["modal"] = float(terms["modal"].detach())
+        if use_noise:
+            h_noisy = self.embed(self._noisy(x))
+            terms["noise"], p = self.noise_loss(h, h_noisy)
+            parts["noise"] = float(terms["noise"].detach())
+        return terms, parts
+
+    def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = self.standardizer(batch)
+        out = self._forward_std(x)
+        fused = F.nll_loss(out["logits"], y)
+        per_head = torch.stack([F.cross_entropy(out["head_logits"][k], y) for k in self.head_names]).mean()
+        loss = fused + per_head
+        parts = {"cls": float(loss.detach())}
+        terms, cparts = self._contrastive(x, out["h"], self.cfg.use_modal, self.cfg.use_noise)
+        if "modal" in terms:
+            loss = loss + self.cfg.lambda_modal * terms["modal"]
+        if "noise" in terms:
+            loss = loss + self.cfg.lambda_noise * terms["noise"]
+        parts.update(cparts)
+        return loss, parts
+
+    def contrastive_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L_modal + L_noise`` without labels (contrastive pre-training)."""
+        x = self.standardizer(batch)
+        h = self.embed(x)
+        terms, parts = self._contrastive(x, h, self.cfg.use_modal, self.cfg.use_noise)
+        if not terms:
+            raise ValueError("contrastive pre-training needs model.use_modal or model.use_noise")
+        return sum(terms.values()), parts

@@ -1,0 +1,125 @@
+"""Contrastive pre-training on unlabeled + labeled clips (no labels): ``L = L_modal + L_noise``.
+
+The pool (unlabeled clips, candidates included unless ``pretrain.include_candidates=false``, plus
+the labeled clips with their labels unused) is streamed from the feature stores in shuffled chunks
+of ``CHUNK`` clips, so a 115,595-clip pool at 1024/5120/768 dims (3.2 GB) never sits in RAM at once;
+with a packed store each chunk is one sorted gather from a memory map. Standardisation statistics
+come from a seeded sample of the pool and travel with the weights.
+
+Outputs under ``RUN/pretrain/``: ``model.safetensors`` + ``model.json`` (the full MR-CCL state) and
+``pretrain.json`` (per-epoch losses, clips, seconds, clips/s, peak RSS). A finished pre-training with
+the same configuration is reused, not recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semimer.checkpoint import load_state, save_model
+from semimer.config import RunConfig
+from semimer.data.layout import MERData
+from semimer.io import read_json, write_json
+from semimer.models import build_model
+from semimer.trainer import to_tensors
+from semimer.utils import log, peak_rss_mb, pick_device, seed_everything
+
+CHUNK = 8192
+STATS_SAMPLE = 20000
+
+
+def pool_names(data: MERData, cfg: RunConfig) -> list[str]:
+    cand = set(data.candidates)
+    unl = [n for n in data.unlabeled if cfg.pretrain.include_candidates or n not in cand]
+    names = sorted(set(unl) | set(data.labeled))
+    if cfg.pretrain.max_clips and len(names) > cfg.pretrain.max_clips:
+        rng = np.random.default_rng(cfg.train.seed)
+        names = sorted(rng.choice(names, size=cfg.pretrain.max_clips, replace=False).tolist())
+    return names
+
+
+def _fingerprint(data: MERData, cfg: RunConfig, n: int) -> str:
+    blob = json.dumps({"model": dataclasses.asdict(cfg.model), "noise": dataclasses.asdict(cfg.noise),
+                       "pretrain": dataclasses.asdict(cfg.pretrain), "seed": cfg.train.seed,
+                       "features": {m: s.describe() for m, s in data.stores.items()}, "n": n}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.Tensor]:
+    """Pre-train an MR-CCL model; return its state dict (heads excluded) for fine-tuning."""
+    out = Path(out)
+    pc = cfg.pretrain
+    device = pick_device(cfg.train.device)
+    names = pool_names(data, cfg)
+    fp = _fingerprint(data, cfg, len(names))
+    if (out / "pretrain.json").is_file() and read_json(out / "pretrain.json").get("fingerprint") == fp:
+        log.info("pre-training: reusing finished run in %s", out)
+        return _without_heads(load_state(out / "model.safetensors", device))
+    seed_everything(cfg.train.seed + 7919)
+    model = build_model("mrccl", data.dims(), len(data.classes), cfg.model, noise_cfg=cfg.noise).to(device)
+    rng = np.random.default_rng(cfg.train.seed)
+    sample = sorted(rng.choice(names, size=min(STATS_SAMPLE, len(names)), replace=False).tolist())
+    model.standardizer.fit(to_tensors(data.features(sample), device))
+    opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    history, t0, clips = [], time.time(), 0
+    names_arr = np.array(names)
+    from tqdm import tqdm
+
+    bar = tqdm(total=pc.epochs * len(names), desc="pre-train", unit="clip", unit_scale=True,
+               disable=None if cfg.train.progress else True, mininterval=1.0)
+    for epoch in range(pc.epochs):
+        model.train()
+        order = rng.permutation(len(names))
+        sums, steps = {}, 0
+        for c in range(0, len(order), CHUNK):
+            chunk = names_arr[order[c:c + CHUNK]].tolist()
+            feats = to_tensors(data.features(chunk), device)
+            perm = torch.randperm(len(chunk), generator=gen).to(device)
+            for s in range(0, len(chunk), pc.batch_size):
+                idx = perm[s:s + pc.batch_size]
+                if len(idx) < 2:
+                    continue
+                loss, parts = model.contrastive_loss({m: x[idx] for m, x in feats.items()})
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("pre-training loss is not finite; lower pretrain.lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                clips += len(idx)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            bar.update(len(chunk))
+        rec = {"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}}
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}")
+        log.info("pre-train epoch %d/%d: %s", epoch + 1, pc.epochs, ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"))
+    bar.close()
+    seconds = time.time() - t0
+    save_model(out, model, data.classes, cfg.model, extra={"stage": "pretrain", "noise_config": dataclasses.asdict(cfg.noise)})
+    write_json(out / "pretrain.json", {"fingerprint": fp, "clips": len(names), "epochs": pc.epochs,
+                                       "history": history, "seconds": round(seconds, 2),
+                                       "clips_per_s": round(clips / seconds, 1) if seconds else None,
+                                       "peak_rss_mb": round(peak_rss_mb(), 1),
+                                       "temperatures": {"modal": model.modal_loss.temperature_values(),
+                                                        "noise": model.noise_loss.temperature_values()}})
+    return _without_heads(model.state_dict())
+
+
+def _without_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Heads are trained from scratch per fold (seeded per fold); everything else is carried over."""
+    return {k: v for k, v in state.items() if not k.startswith("heads.")}
+
+
+def pretrain_for_run(data: MERData, cfg: RunConfig, run_dir: str | Path) -> dict[str, torch.Tensor]:
+    if cfg.model.name != "mrccl":
+        raise ValueError("contrastive pre-training is defined for model.name=mrccl")
+    return pretrain(data, cfg, Path(run_dir) / "pretrain")
