@@ -99,6 +99,14 @@ class SelfTrainConfig:
 
 
 @dataclass
+class RecipeConfig:
+    # models whose probabilities are soft-voted at the end (weights fitted on OOF predictions);
+    # the first is the main model (model.name is set to it); one member = no voting
+    vote_members: list = field(default_factory=lambda: ["mrccl", "attention"])
+    vote_grid_step: float = 0.1
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -106,6 +114,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
 def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:

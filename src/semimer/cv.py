@@ -25,6 +25,8 @@ pooled OOF predictions), ``n_labeled``, ``n_pseudo``, ``n_candidates``, ``model`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,25 @@ def fold_seed(seed: int, k: int) -> int:
     return seed * 1000 + k
 
 
+def inputs_fingerprint(cfg_text: str, pseudo: PseudoLabels | None, init_state: dict | None) -> str:
+    """What a finished fold depends on besides the data: config, pseudo-labels, initial weights."""
+    h = hashlib.sha256(cfg_text.encode())
+    if pseudo is not None:
+        h.update(json.dumps([list(pseudo.names), np.asarray(pseudo.labels).tolist()]).encode())
+    for k in sorted(init_state or {}):
+        h.update(k.encode())
+        h.update(init_state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def write_features_json(out: Path, data: MERData) -> None:
+    """``features.json``: per modality the feature name, dims, level and how it was extracted, so
+    ``semimer predict`` can re-extract exactly these features from a new clip."""
+    write_json(out / "features.json", {m: {"feature": s.feature, "dim": s.dim, "level": s.level,
+                                           "extractor": s.extractor_meta()} for m, s in data.stores.items()})
+    write_json(out / "ensemble.json", {"members": [{"dir": ".", "weight": 1.0}], "classes": list(data.classes)})
+
+
 def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels | None = None,
            init_state: dict[str, torch.Tensor] | None = None, predict_candidates: bool = True) -> CVResult:
     out = Path(out)
@@ -77,8 +98,13 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
     cfg_text = to_yaml(cfg)
-    same_config = (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == cfg_text
+    fingerprint = inputs_fingerprint(cfg_text + json.dumps(data.summary(), default=str), pseudo, init_state)
+    same_config = (out / "inputs.json").is_file() and read_json(out / "inputs.json").get("fingerprint") == fingerprint
     write_text(out / "config.yaml", cfg_text)
+    write_features_json(out, data)
+    write_json(out / "inputs.json", {"fingerprint": fingerprint,
+                                     "n_pseudo": 0 if pseudo is None else len(pseudo.names),
+                                     "pretrained_init": init_state is not None})
     classes = list(cfg.data.classes)
     K = len(classes)
     fold = assign_folds(data.labels, tc.folds, tc.seed)

@@ -105,6 +105,7 @@ __all__ = [
     "attention_scores",
     "kept_count",
     "load_speech_encoder",
+    "masked_mean",
     "pooled_embedding",
     "select_by_scores",
     "select_tokens",

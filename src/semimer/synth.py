@@ -85,6 +85,9 @@ PRESETS: dict[str, SynthConfig] = {
                         dims={"audio": 24, "text": 32, "video": 16}, latent_dim=8, n_speakers=20),
     "small": SynthConfig(n_labeled=1006, n_unlabeled=6000, n_test=600, n_candidates=1500,
                          dims={"audio": 64, "text": 128, "video": 48}, n_speakers=80),
+    # MER2024's label scarcity (1 labeled : 23 unlabeled) at a size 2 CPU cores can ablate
+    "scarce": SynthConfig(n_labeled=1006, n_unlabeled=23119, n_test=1169, n_candidates=4000,
+                          dims={"audio": 128, "text": 256, "video": 96}, n_speakers=120),
     "medium": SynthConfig(n_labeled=5030, n_unlabeled=20000, n_test=1169, n_candidates=5000,
                           dims={"audio": 128, "text": 256, "video": 96}, n_speakers=300),
     "mer2024-scale": SynthConfig(),

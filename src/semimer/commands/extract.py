@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 HELP = "extract audio/text/visual features from video clips into DATA_DIR/features (resumable, shardable)"
 
@@ -49,19 +51,18 @@ def _specs(given: list[str] | None, default: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semimer.data.store import pack_folder
-    from semimer.extract import build_extractor, list_clips, list_extractors, parse_shard, run_extraction, select_shard
-    from semimer.extract.text import default_text_extractor, make_transcriber, read_transcripts
-    from semimer.extract.visual import default_visual_extractor
-    from semimer.utils import log, pick_device
+    from semimer.extract import list_clips, list_extractors, parse_shard, select_shard
+    from semimer.utils import log
 
     if args.list_extractors:
         from semimer.extract.registry import EXTRACTORS
 
         for modality in ("audio", "text", "video"):
             for name in list_extractors(modality):
-                doc = (EXTRACTORS[name].__doc__ or "").strip().splitlines()[0]
-                print(f"{modality:6s} {name:14s} {doc}")
+                cls = EXTRACTORS[name]
+                doc = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "")
+                opts = ",".join(f"{k}={v}" for k, v in cls.options.items())
+                print(f"{modality:6s} {name:13s} level={'|'.join(cls.levels):10s} {opts}\n{'':21s}{doc}")
         return 0
     if not args.videos or not args.out:
         raise ValueError("usage: semimer extract VIDEOS --out DATA_DIR (see semimer extract --help)")
@@ -71,6 +72,19 @@ def run(args: argparse.Namespace) -> int:
     mine = select_shard(clips, shard_i, shard_n)
     log.info("%d clips in %s%s", len(clips), args.videos,
              f"; shard {shard_i}/{shard_n} has {len(mine)}" if shard_n > 1 else "")
+
+    try:  # a missing optional package is a user-fixable error with an install hint, not a crash
+        return _run(args, shard_i, shard_n, clips, mine)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace, shard_i: int, shard_n: int, clips: list, mine: list) -> int:
+    from semimer.data.store import pack_folder
+    from semimer.extract import build_extractor, run_extraction
+    from semimer.extract.text import default_text_extractor, make_transcriber, read_transcripts
+    from semimer.extract.visual import default_visual_extractor
+    from semimer.utils import log, pick_device
 
     has_text_source = bool(args.transcripts or args.asr_model)
     text_specs = _specs(args.text, default_text_extractor() if has_text_source and args.text is None else None)
@@ -83,8 +97,17 @@ def run(args: argparse.Namespace) -> int:
              + _specs(args.video, default_visual_extractor() if args.video is None else None))
     if not specs:
         raise ValueError("every modality is disabled ('none'); nothing to extract")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        import torch  # under torchrun each process takes its own GPU
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     extractors = [build_extractor(s, device=device, batch_size=args.batch_size, fps=args.fps) for s in specs]
+    for ex in extractors:
+        ex.ensure_loaded()
 
     transcripts = read_transcripts(args.transcripts, args.text_column) if args.transcripts else None
     transcriber = make_transcriber(args.asr_model, device, args.asr_language) if text_specs else None
@@ -102,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
             log.info("sharded run: not packing; when every shard is done, run the same command without "
                      "--shard (all clips are skipped) to pack")
         else:
-            from pathlib import Path
-
             for ex in extractors:
                 folder = Path(args.out) / "features" / ex.feature_name
                 if any(folder.glob("*.npy")):

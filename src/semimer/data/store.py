@@ -109,6 +109,10 @@ class FeatureStore:
             return np.stack(arrays) if arrays else np.zeros((0, self.dim), np.float32)
         return arrays
 
+    def extractor_meta(self) -> dict | None:
+        """How this feature was extracted (``extractor.json`` written by ``semimer extract``), if known."""
+        return None
+
     def describe(self) -> dict:
         return {"feature": self.feature, "kind": self.kind, "level": self.level, "dim": self.dim,
                 "count": len(self), "path": str(self.path)}
@@ -140,6 +144,10 @@ class NpyFolderStore(FeatureStore):
 
     def source_of(self, name: str) -> str:
         return str(self.path / f"{name}.npy")
+
+    def extractor_meta(self) -> dict | None:
+        f = self.path / "extractor.json"
+        return read_json(f) if f.is_file() else None
 
     def _read(self, name: str) -> np.ndarray:
         f = self.path / f"{name}.npy"
@@ -180,6 +188,9 @@ class PackedStore(FeatureStore):
 
     def source_of(self, name: str) -> str:
         return f"{self.path / 'data.npy'} (row of clip {name})"
+
+    def extractor_meta(self) -> dict | None:
+        return self.manifest.get("extractor")
 
     def _read(self, name: str) -> np.ndarray:
         i = self._index[name]

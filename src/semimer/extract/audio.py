@@ -98,9 +98,10 @@ class LogMelStats(Extractor):
 
 @register_extractor("hf-speech")
 class HFSpeech(Extractor):
-    """Local HuBERT / wav2vec 2.0 / WavLM folder (``model=DIR``): sum of the last ``layers``
-    hidden states; utterance level = mean over time; audio longer than ``chunk_seconds`` is
-    encoded chunk by chunk and the frames concatenated."""
+    """Local HuBERT / wav2vec 2.0 / WavLM folder (model=DIR), sum of the last 4 hidden layers.
+
+    ``layers`` sets how many last layers are summed; utterance level = mean over time; audio
+    longer than ``chunk_seconds`` is encoded chunk by chunk and the frames concatenated."""
 
     modality = "audio"
     levels = ("utt", "frame")
@@ -127,7 +128,7 @@ class HFSpeech(Extractor):
         return self._dim
 
     def describe(self) -> dict[str, Any]:
-        return {"model_type": self.model.config.model_type, "sample_rate": SAMPLE_RATE,
+        return {"checkpoint": self.opts["model"], "model_type": self.model.config.model_type, "sample_rate": SAMPLE_RATE,
                 "frame_rate": SAMPLE_RATE / float(np.prod(self.model.config.conv_stride)),
                 "pooling": f"sum of last {self.opts['layers']} hidden layers"
                            + (", mean over time" if self.level == "utt" else " per frame")}

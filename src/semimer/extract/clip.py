@@ -50,8 +50,15 @@ class Clip:
         return self._cached(("frames", float(fps)), lambda: decode_frames(self.path, fps)[0])
 
     def faces(self, fps: float, margin: float = 0.1) -> FaceTrack:
-        """Face crops of the frames sampled at ``fps`` (see :mod:`semimer.extract.faces`)."""
-        return self._cached(("faces", float(fps), margin), lambda: face_track(self.frames(fps), margin))
+        """Face crops of the frames sampled at ``fps`` (see :mod:`semimer.extract.faces`).
+
+        Only the crops are kept (full frames of a group of HD clips would not fit in memory)."""
+        def track() -> FaceTrack:
+            cached = self._cache.get(("frames", float(fps)))
+            frames = cached if isinstance(cached, list) else decode_frames(self.path, fps)[0]
+            return face_track(frames, margin)
+
+        return self._cached(("faces", float(fps), margin), track)
 
     def transcript(self) -> str:
         """The given transcript, else ASR on the audio, else ClipError."""

