@@ -25,6 +25,7 @@ pooled OOF predictions), ``n_labeled``, ``n_pseudo``, ``n_candidates``, ``model`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -98,7 +99,12 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
     cfg_text = to_yaml(cfg)
-    fingerprint = inputs_fingerprint(cfg_text + json.dumps(data.summary(), default=str), pseudo, init_state)
+    # what the folds depend on: data, model, noise and training settings (not later stages')
+    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "noise", "train")}
+    for k in ("progress", "threads", "tensorboard", "eval_batch_size"):  # no effect on results
+        parts["train"].pop(k)
+    relevant = json.dumps(parts, sort_keys=True, default=str)
+    fingerprint = inputs_fingerprint(relevant + json.dumps(data.summary(), default=str), pseudo, init_state)
     same_config = (out / "inputs.json").is_file() and read_json(out / "inputs.json").get("fingerprint") == fingerprint
     write_text(out / "config.yaml", cfg_text)
     write_features_json(out, data)

@@ -373,12 +373,6 @@ class PrunedSpeechEncoder(nn.Module):
         self.num_layers = num_layers
         self.is_wavlm = model_type == "wavlm"
         self.stable_layer_norm = type(encoder).__name__.endswith("StableLayerNorm")
-        if not self.is_wavlm:
-            impl = getattr(config, "_attn_implementation", None) or "eager"
-            # eager/sdpa accept our additive float mask; anything else runs as sdpa here
-            self._plain_impl = impl if impl in ("eager", "sdpa") else "sdpa"
-        else:
-            self._plain_impl = None  # WavLM attention does not dispatch on the config
         self._mask_accepts_adapter_flag = (
             "add_adapter" in inspect.signature(base._get_feature_vector_attention_mask).parameters
         )
@@ -397,6 +391,15 @@ class PrunedSpeechEncoder(nn.Module):
         )
 
     # -- helpers -------------------------------------------------------------------------------
+    def _plain_attn_implementation(self) -> str | None:
+        """Attention for layers that do not score tokens: the model's own if it is eager/sdpa
+        (both accept our additive float mask), else sdpa. ``None`` for WavLM, whose attention
+        does not dispatch on the config."""
+        if self.is_wavlm:
+            return None
+        impl = getattr(self.config, "_attn_implementation", None) or "eager"
+        return impl if impl in ("eager", "sdpa") else "sdpa"
+
     def _frame_mask(self, n_frames: int, attention_mask: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """(B, N) bool valid mask of the conv frames (library rule for sample-level masks)."""
         if attention_mask is None:
@@ -489,6 +492,7 @@ class PrunedSpeechEncoder(nn.Module):
             for i in range(self.prune_from_layer, self.num_layers):
                 hooks.append(encoder.layers[i].attention.register_forward_hook(make_hook()))
 
+        plain_impl = self._plain_attn_implementation()
         position_bias = None  # WavLM only
         base_bias = None  # WavLM: full-length (H, N0, N0) bias, for gathering after pruning
         layer_mask = self._layer_mask(mask, hidden.dtype)
@@ -501,7 +505,7 @@ class PrunedSpeechEncoder(nn.Module):
                 if not skip:
                     captured["scores"] = None
                     captured["query_mask"] = mask
-                    impl = "eager" if scoring else self._plain_impl
+                    impl = "eager" if scoring else plain_impl
                     with _attn_implementation(self.config, impl):
                         if self.is_wavlm:
                             kwargs = {} if self.stable_layer_norm else {"index": i}

@@ -31,7 +31,7 @@ from semimer.data.layout import MERData, load_labels
 from semimer.io import read_json, write_json, write_text
 from semimer.metrics import fmt, scores
 from semimer.predictions import write_predictions, write_submission
-from semimer.pseudo_label import (adaptive_thresholds, read_selection_csv, select_pseudo_labels,
+from semimer.pseudo_label import (adaptive_thresholds, apply_temperature, fit_temperature, read_selection_csv, select_pseudo_labels,
                                   write_selection_csv)
 from semimer.trainer import predict_names
 from semimer.utils import log, pick_device
@@ -59,6 +59,15 @@ def test_scores(cand_probs: np.ndarray, data: MERData, test: dict[str, int]) -> 
     names = sorted(test)
     return scores([test[n] for n in names], cand_probs[[idx[n] for n in names]].argmax(1), len(data.classes),
                   data.classes)
+
+
+def member_config(cfg: RunConfig, member: str) -> RunConfig:
+    """The run config of a voting member: ``model.name = member`` plus ``recipe.member_overrides``."""
+    from omegaconf import OmegaConf
+
+    over = list(cfg.recipe.member_overrides.get(member, []))
+    merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(over + [f"model.name={member}"]))
+    return OmegaConf.to_object(merged)
 
 
 def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str | Path | None = None,
@@ -116,6 +125,11 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         else:
             device = pick_device(cfg.train.device)
             probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size, progress=cfg.train.progress)
+            if cfg.self_train.calibrate:
+                temperature = fit_temperature(res.oof_probs, data.labels)
+                probs = apply_temperature(probs, temperature)
+                log.info("round %d: confidence calibrated on out-of-fold predictions, T = %.3f", r, temperature)
+                write_json(out / f"calibration_round_{r}.json", {"temperature": temperature})
             if cfg.self_train.adaptive:
                 tau = adaptive_thresholds(probs, cfg.self_train.adaptive_base, len(classes))
             else:
@@ -153,8 +167,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         _stage(stage_no, n_stages, f"voting members: {', '.join(members[1:])}")
         t = time.time()
         for m in members[1:]:
-            mcfg = deepcopy(cfg)
-            mcfg.model.name = m
+            mcfg = member_config(cfg, m)
             results[m] = run_cv(data, mcfg, out / f"member_{m}", pseudo=pseudo,
                                 init_state=init if m == "mrccl" and m != members[0] else None)
             summary["stages"][f"member_{m}"] = _cv_summary(results[m], test, data)

@@ -1,0 +1,182 @@
+"""End-to-end tests of cross-validation (semimer.cv) through ``semimer train`` / ``semimer evaluate``.
+
+One CLI run on the tiny synthetic preset (3 epochs) is shared by the read-only tests; tests that
+need another run (determinism, pseudo-labels, resume) make their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, f1_score
+
+from semimer import MER2024_CLASSES
+from semimer.checkpoint import load_model
+from semimer.cli import main
+from semimer.config import load_config
+from semimer.cv import PseudoLabels, run_cv
+from semimer.data.layout import load_dataset
+from semimer.synth import FEATURE_NAMES
+
+PROB_COLS = [f"prob_{c}" for c in MER2024_CLASSES]
+TRAIN_ARGS = ["train.epochs=3", "train.progress=false", "train.threads=1"]  # 2 shared CPU cores
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def train(ds, out):
+    assert main(["train", "--data", str(ds), "--out", str(out), *TRAIN_ARGS]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    ds, _ = tiny_data
+    return train(ds, tmp_path_factory.mktemp("cv") / "run")
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data):
+    return load_dataset(tiny_data[0], FEATURE_NAMES)
+
+
+def test_evaluate_json_matches_sklearn(run, tiny_data, capsys):
+    _, test_labels = tiny_data
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "predictions.csv"), str(test_labels), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert {"waf", "accuracy", "macro_f1", "per_class_f1", "confusion"} <= set(s)
+    pred = {r["name"]: r["discrete"] for r in read_rows(run / "predictions.csv")}
+    truth = {r["name"]: r["discrete"] for r in read_rows(test_labels)}
+    names = sorted(truth)
+    y, p = [truth[n] for n in names], [pred[n] for n in names]
+    assert s["n"] == len(truth) == 120
+    assert s["waf"] == pytest.approx(f1_score(y, p, average="weighted", zero_division=0), abs=1e-12)
+    assert s["accuracy"] == pytest.approx(np.mean(np.array(y) == np.array(p)), abs=1e-12)
+    assert s["macro_f1"] == pytest.approx(
+        f1_score(y, p, labels=list(MER2024_CLASSES), average="macro", zero_division=0), abs=1e-12)
+    assert list(s["per_class_f1"]) == list(MER2024_CLASSES)
+    assert s["confusion"] == confusion_matrix(y, p, labels=list(MER2024_CLASSES)).tolist()
+    # the human-readable form prints the same WAF
+    assert main(["evaluate", str(run / "predictions.csv"), str(test_labels)]) == 0
+    assert f"WAF        {100 * s['waf']:.2f}" in capsys.readouterr().out
+
+
+def test_run_folder_contents(run, data):
+    for f in ("config.yaml", "folds.csv", "metrics.json", "oof.csv", "predictions.csv", "submission.csv"):
+        assert (run / f).is_file(), f
+    for f in ("confusion.png", "learning_curves.png"):
+        assert (run / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    for k in range(5):
+        assert (run / f"fold_{k}" / "model.safetensors").stat().st_size > 0
+        meta = json.loads((run / f"fold_{k}" / "model.json").read_text())
+        assert meta["model"] == "attention" and meta["fold"] == k and meta["classes"] == list(MER2024_CLASSES)
+        assert meta["dims"] == {"audio": 24, "text": 32, "video": 16}
+    cfg = load_config(run / "config.yaml")  # the resolved config reloads as a config
+    assert cfg.train.epochs == 3 and cfg.data.root == str(data.root) and cfg.train.seed == 0
+    folds = read_rows(run / "folds.csv")
+    assert [r["name"] for r in folds] == data.labeled
+    assert sorted({int(r["fold"]) for r in folds}) == [0, 1, 2, 3, 4]
+
+
+def test_predictions_cover_every_candidate(run, data):
+    rows = read_rows(run / "predictions.csv")
+    assert list(rows[0]) == ["name", "discrete", *PROB_COLS]
+    assert [r["name"] for r in rows] == data.candidates  # candidate-file order, one row each
+    probs = np.array([[float(r[c]) for c in PROB_COLS] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (probs >= 0).all()
+    assert [r["discrete"] for r in rows] == [MER2024_CLASSES[i] for i in probs.argmax(1)]
+    sub = read_rows(run / "submission.csv")
+    assert list(sub[0]) == ["name", "discrete"]
+    assert [(r["name"], r["discrete"]) for r in sub] == [(r["name"], r["discrete"]) for r in rows]
+
+
+def test_metrics_json_agrees_with_oof_csv(run, data):
+    """cv.* is mean ± sample std over folds of sklearn's scores on each fold's OOF rows."""
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["cv"]["waf"]["n"] == 5 and m["n_labeled"] == 240 and m["n_pseudo"] == 0 and m["n_candidates"] == 300
+    assert m["model"] == "attention" and m["seed"] == 0
+    oof = read_rows(run / "oof.csv")
+    assert [r["name"] for r in oof] == data.labeled
+    assert [r["true"] for r in oof] == [MER2024_CLASSES[i] for i in data.labels]
+    fold = np.array([int(r["fold"]) for r in oof])
+    y = np.array([r["true"] for r in oof])
+    p = np.array([r["discrete"] for r in oof])
+    wafs = [f1_score(y[fold == k], p[fold == k], average="weighted", zero_division=0) for k in range(5)]
+    assert [f["waf"] for f in m["folds"]] == pytest.approx(wafs, abs=1e-12)
+    assert m["cv"]["waf"]["mean"] == pytest.approx(np.mean(wafs), abs=1e-12)
+    assert m["cv"]["waf"]["std"] == pytest.approx(np.std(wafs, ddof=1), abs=1e-12)
+    assert m["oof"]["waf"] == pytest.approx(f1_score(y, p, average="weighted", zero_division=0), abs=1e-12)
+    assert sum(f["n"] for f in m["folds"]) == 240
+
+
+def test_load_model_round_trips_every_fold(run, data):
+    """Reloaded fold models reproduce oof.csv (their own validation fold) and, averaged,
+    predictions.csv (the candidates)."""
+    oof = read_rows(run / "oof.csv")
+    oof_probs = np.array([[float(r[c]) for c in PROB_COLS] for r in oof])
+    fold = np.array([int(r["fold"]) for r in oof])
+    lab = data.features(data.labeled)
+    cand = data.features(data.candidates)
+    cand_sum = 0
+    for k in range(5):
+        model, meta = load_model(run / f"fold_{k}")
+        assert not model.training and meta["fold"] == k
+        with torch.no_grad():
+            va = np.flatnonzero(fold == k)
+            got = model({m: torch.from_numpy(x[va]) for m, x in lab.items()})["probs"].numpy()
+            cand_sum = cand_sum + model({m: torch.from_numpy(x) for m, x in cand.items()})["probs"].numpy()
+        np.testing.assert_allclose(got, oof_probs[va], atol=2e-6)
+    pred = np.array([[float(r[c]) for c in PROB_COLS] for r in read_rows(run / "predictions.csv")])
+    np.testing.assert_allclose(cand_sum / 5, pred, atol=2e-6)
+
+
+def test_same_seed_same_predictions(run, tiny_data, tmp_path):
+    again = train(tiny_data[0], tmp_path / "again")
+    for f in ("predictions.csv", "oof.csv", "folds.csv"):
+        assert (again / f).read_bytes() == (run / f).read_bytes(), f
+
+
+def test_resume_reuses_finished_folds(run, tiny_data, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)  # copy2 keeps mtimes
+    shutil.rmtree(resumed / "fold_4")
+    before = {k: (resumed / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(4)}
+    train(tiny_data[0], resumed)
+    after = {k: (resumed / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(4)}
+    assert after == before
+    assert (resumed / "fold_4" / "done.json").is_file()
+    for f in ("predictions.csv", "oof.csv"):
+        assert (resumed / f).read_bytes() == (run / f).read_bytes(), f
+    m, m0 = (json.loads((d / "metrics.json").read_text()) for d in (resumed, run))
+    assert m["cv"] == m0["cv"] and m["folds"] == m0["folds"]
+    # a different config retrains everything
+    assert main(["train", "--data", str(tiny_data[0]), "--out", str(resumed), "train.epochs=2", "train.progress=false", "train.threads=1"]) == 0
+    assert all((resumed / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns != before[k] for k in range(4))
+
+
+def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
+    cfg = load_config(None, [f"data.root={data.root}", *TRAIN_ARGS])
+    pool = [n for n in data.unlabeled if n not in set(data.candidates)][:80]
+    pseudo = PseudoLabels(pool, np.random.default_rng(0).integers(0, 6, size=len(pool)))
+    res = run_cv(data, cfg, tmp_path / "pseudo", pseudo=pseudo)
+    out = tmp_path / "pseudo"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_labeled"] == 240 and m["n_pseudo"] == 80
+    assert sum(f["n"] for f in m["folds"]) == 240
+    assert [r["name"] for r in read_rows(out / "oof.csv")] == data.labeled
+    assert [r["name"] for r in read_rows(out / "folds.csv")] == data.labeled
+    assert res.oof_probs.shape == (240, 6)
+    # the pseudo-labeled clips did enter training: the same seed gives other predictions than `run`
+    assert (out / "predictions.csv").read_bytes() != (run / "predictions.csv").read_bytes()
+    with pytest.raises(ValueError, match="overlap the labeled set"):
+        run_cv(data, cfg, tmp_path / "bad", pseudo=PseudoLabels([data.labeled[0]], np.array([0])))

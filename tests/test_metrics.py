@@ -1,0 +1,76 @@
+"""Tests of semimer.metrics against scikit-learn and hand-worked arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from semimer.metrics import fmt, mean_std, scores, summarise
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_match_sklearn_on_random_labels(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(6, size=300, p=[0.3, 0.25, 0.2, 0.12, 0.1, 0.03])
+    p = np.where(rng.random(300) < 0.6, y, rng.integers(0, 6, size=300))
+    classes = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    s = scores(y, p, 6, classes)
+    assert s["waf"] == pytest.approx(f1_score(y, p, average="weighted"), abs=1e-12)
+    assert s["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+    assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-12)
+    assert list(s["per_class_f1"]) == classes
+    np.testing.assert_allclose(list(s["per_class_f1"].values()), f1_score(y, p, average=None), atol=1e-12)
+    assert s["confusion"] == confusion_matrix(y, p).tolist()
+    assert s["n"] == 300
+
+
+def test_two_class_example_by_hand():
+    # true:  0 0 0 0 0 0 1 1 1 1      (support 6 and 4)
+    # pred:  0 0 0 0 1 1 1 1 1 0
+    # class 0: TP 4, FP 1 (a true 1 predicted 0), FN 2 -> P 4/5, R 4/6, F1 = 2*4/(2*4+1+2) = 8/11
+    # class 1: TP 3, FP 2, FN 1                      -> F1 = 2*3/(2*3+2+1) = 6/9 = 2/3
+    # WAF = (6 * 8/11 + 4 * 2/3) / 10 ; accuracy = 7/10 ; macro = (8/11 + 2/3) / 2
+    y = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    p = [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
+    s = scores(y, p, 2, ["a", "b"])
+    assert s["per_class_f1"] == {"a": pytest.approx(8 / 11), "b": pytest.approx(2 / 3)}
+    assert s["waf"] == pytest.approx((6 * 8 / 11 + 4 * 2 / 3) / 10)
+    assert s["accuracy"] == pytest.approx(0.7)
+    assert s["macro_f1"] == pytest.approx((8 / 11 + 2 / 3) / 2)
+    assert s["confusion"] == [[4, 2], [1, 3]]  # rows true, columns predicted
+
+
+def test_classes_absent_from_both_are_zero_not_errors():
+    # 6 classes declared, only 0 and 1 present: absent classes get F1 0 and weight 0
+    s = scores([0, 0, 1], [0, 1, 1], 6)
+    assert list(s["per_class_f1"]) == ["0", "1", "2", "3", "4", "5"]
+    assert s["per_class_f1"]["3"] == 0.0
+    # class 0: TP1 FN1 -> 2/3 ; class 1: TP1 FP1 -> 2/3 ; WAF = (2 * 2/3 + 1 * 2/3) / 3
+    assert s["waf"] == pytest.approx(2 / 3)
+    assert np.asarray(s["confusion"]).shape == (6, 6)
+
+
+def test_mean_std_uses_the_sample_std():
+    v = [0.80, 0.84, 0.86, 0.90]
+    m = sum(v) / 4
+    sample_std = math.sqrt(sum((x - m) ** 2 for x in v) / (4 - 1))
+    assert mean_std(v) == {"mean": pytest.approx(0.85), "std": pytest.approx(sample_std), "n": 4}
+    assert mean_std(v)["std"] != pytest.approx(np.std(v))  # not the population std
+    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
+    assert math.isnan(mean_std([])["mean"]) and mean_std([])["n"] == 0
+
+
+def test_summarise_and_fmt():
+    folds = [scores([0, 0, 1, 1], [0, 0, 1, 1], 2, ["a", "b"]),  # perfect
+             scores([0, 0, 1, 1], [0, 1, 1, 1], 2, ["a", "b"])]  # a: 2/3, b: 4/5
+    out = summarise(folds)
+    assert set(out) == {"waf", "accuracy", "macro_f1", "per_class_f1"}
+    assert out["accuracy"] == {"mean": pytest.approx(0.875), "std": pytest.approx(math.sqrt(2) * 0.125), "n": 2}
+    assert out["per_class_f1"]["a"]["mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["per_class_f1"]["b"]["std"] == pytest.approx(abs(1 - 0.8) / math.sqrt(2))
+    waf2 = (2 * 2 / 3 + 2 * 0.8) / 4
+    assert out["waf"]["mean"] == pytest.approx((1 + waf2) / 2)
+    assert fmt({"mean": 0.86531, "std": 0.00414, "n": 5}) == "86.53 ± 0.41"

@@ -1,0 +1,218 @@
+"""`semimer predict` end to end: extract -> train -> predict new clips with the run folder.
+
+One tiny run is built per module: 8 one-second clips (64x64, 4 fps, different tones), features
+from offline extractors (logmel audio, face-hog video, hf-text with a tiny BERT built here), two
+classes and 2 folds. Prediction must re-extract the same features and give exactly the ensemble's
+probabilities on the stored features.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+pytest.importorskip("cv2")
+pytest.importorskip("transformers")
+pytest.importorskip("skimage")
+
+from conftest_media import make_clip, make_corrupt, tiny_bert  # noqa: E402
+
+from semimer.cli import main  # noqa: E402
+from semimer.io import read_csv, read_json, write_json  # noqa: E402
+
+CLASSES = ["neutral", "happy"]
+TEXTS = ["i am happy", "i am sad", "hello world", "我今天很开心", "我很难过", "hello", "happy happy !", "sad ."]
+AUDIO, VIDEO = "logmel32-UTT", "face-hog-UTT"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    videos = root / "videos"
+    videos.mkdir()
+    for i in range(8):
+        make_clip(videos / f"c{i}.mp4", seconds=1.0, fps=4, size=64, tone=200 + 90 * i)
+    bert = tiny_bert(root / "bert", layers=2)
+    transcripts = root / "transcripts.csv"
+    transcripts.write_text("name,chinese\n" + "".join(f"c{i},{t}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    data = root / "data"
+    assert main(["extract", str(videos), "--out", str(data), "--audio", "logmel:n_mels=32", "--video", "face-hog",
+                 "--text", f"hf-text:model={bert}", "--transcripts", str(transcripts), "--fps", "2",
+                 "--no-progress"]) == 0
+    text = f"hf-text-{bert.name}-UTT"
+    (data / "labels.csv").write_text("name,discrete\n" + "".join(f"c{i},{CLASSES[i % 2]}\n" for i in range(8)))
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--audio", AUDIO, "--text", text, "--video", VIDEO,
+                 "--out", str(run), f"data.classes=[{','.join(CLASSES)}]", "train.epochs=2", "train.folds=2",
+                 "train.progress=false", "model.hidden=16", "model.head_hidden=8"]) == 0
+    return {"root": root, "videos": videos, "data": data, "run": run, "transcripts": transcripts,
+            "features": {"audio": AUDIO, "text": text, "video": VIDEO}}
+
+
+def _stored(t, names):
+    from semimer.data.store import open_store
+
+    return {m: np.stack([open_store(t["data"], f).get(n) for n in names]) for m, f in t["features"].items()}
+
+
+def _fold_average(run, feats):
+    """The run's own fold ensemble, computed independently of semimer.predict."""
+    import torch
+
+    from semimer.checkpoint import load_model
+
+    probs = []
+    for k in range(2):
+        model, meta = load_model(run / f"fold_{k}")
+        assert meta["classes"] == CLASSES
+        with torch.no_grad():
+            probs.append(model({m: torch.as_tensor(x) for m, x in feats.items()})["probs"].numpy())
+    return np.mean(probs, axis=0)
+
+
+def test_one_clip_matches_stored_features_and_fold_average(trained, capsys):
+    from semimer.predict import load_ensemble, predict_clips, predict_features
+
+    run = trained["run"]
+    assert read_json(run / "ensemble.json")["classes"] == CLASSES
+    assert main(["predict", str(trained["videos"] / "c3.mp4"), "--run", str(run), "--json",
+                 "--transcript", TEXTS[3], "--device", "cpu"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["name"] == "c3" and list(rec["probabilities"]) == CLASSES
+    got = np.array([rec["probabilities"][c] for c in CLASSES])
+    assert rec["emotion"] == CLASSES[int(got.argmax())]
+
+    stored = _stored(trained, ["c3"])
+    ens = load_ensemble(run)
+    assert len(ens.members) == 1 and len(ens.members[0][0]) == 2 and ens.members[0][1] == 1.0
+    via_ensemble = predict_features(ens, stored)[0]
+    independent = _fold_average(run, stored)[0]
+    np.testing.assert_allclose(via_ensemble, independent, atol=1e-6)
+    np.testing.assert_allclose(got, via_ensemble, atol=1e-5)  # re-extracted == stored features
+    assert got.sum() == pytest.approx(1.0, abs=1e-5)
+    # the comparison is sensitive: another transcript moves the probabilities far beyond 1e-5
+    _, other, _ = predict_clips(run, [trained["videos"] / "c3.mp4"], {"c3": "hello world"}, device="cpu")
+    assert np.abs(other[0] - via_ensemble).max() > 1e-4
+
+
+def test_library_predict_clips_and_table(trained, capsys):
+    from semimer.predict import load_ensemble, predict_clips, predict_features
+
+    names = ["c0", "c5"]
+    paths = [trained["videos"] / f"{n}.mp4" for n in names]
+    got_names, probs, failures = predict_clips(trained["run"], paths, {"c0": TEXTS[0], "c5": TEXTS[5]}, device="cpu")
+    assert got_names == names and failures == []
+    expected = predict_features(load_ensemble(trained["run"]), _stored(trained, names))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+    assert main(["predict", str(paths[1]), "--run", str(trained["run"]), "--transcript", TEXTS[5]]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    emotion = CLASSES[int(expected[1].argmax())]
+    assert lines[0] == f"c5: {emotion}"
+    assert [ln.split()[0] for ln in lines[1:]] == sorted(CLASSES, key=lambda c: -expected[1][CLASSES.index(c)])
+
+
+def test_folder_writes_csv_and_lists_failures(trained, tmp_path, capsys):
+    from semimer.predict import load_ensemble, predict_features
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for n in ("c1", "c6"):
+        shutil.copy(trained["videos"] / f"{n}.mp4", folder / f"{n}.mp4")
+    make_corrupt(folder / "bad.mp4")
+    run = trained["run"]
+    assert main(["predict", str(folder), "--run", str(run), "--transcripts", str(trained["transcripts"]),
+                 "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert "bad" in cap.err and "1 of 3 clip(s) could not be predicted" in cap.err
+    out = run / "predict" / "new.csv"  # default: RUN/predict/<folder name>.csv
+    rows = read_csv(out)
+    assert [r["name"] for r in rows] == ["c1", "c6"]
+    assert list(rows[0]) == ["name", "discrete", *(f"prob_{c}" for c in CLASSES)]
+    expected = predict_features(load_ensemble(run), _stored(trained, ["c1", "c6"]))
+    got = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [r["discrete"] for r in rows] == [CLASSES[int(k)] for k in expected.argmax(1)]
+
+    # --json prints a list; --out chooses the file
+    assert main(["predict", str(folder), "--run", str(run), "--transcripts", str(trained["transcripts"]),
+                 "--json", "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in recs] == ["c1", "c6"] and len(read_csv(tmp_path / "p.csv")) == 2
+
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    shutil.copy(folder / "bad.mp4", only_bad / "bad.mp4")
+    assert main(["predict", str(only_bad), "--run", str(run), "--transcripts", str(trained["transcripts"]),
+                 "--no-progress"]) == 1  # nothing could be predicted
+    assert "bad" in capsys.readouterr().err
+
+
+def test_features_dir_reads_stored_features(trained, capsys):
+    from semimer.predict import load_ensemble, predict_clips, predict_features
+
+    assert main(["predict", "c2", "--run", str(trained["run"]), "--features-dir", str(trained["data"]), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    expected = predict_features(load_ensemble(trained["run"]), _stored(trained, ["c2"]))[0]
+    np.testing.assert_allclose([rec["probabilities"][c] for c in CLASSES], expected, atol=1e-5)
+    names, probs, failures = predict_clips(trained["run"], ["c2", "nope"], features_dir=trained["data"], device="cpu")
+    assert names == ["c2"] and probs.shape == (1, 2) and failures[0][0] == "nope" and "nope" in failures[0][1]
+
+
+def test_weighted_members(trained, tmp_path):
+    """Soft vote over members with normalised weights, each member the mean of its folds."""
+    from semimer.predict import load_ensemble, predict_features
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    shutil.copytree(run / "fold_0", run / "member_b" / "fold_0")  # a one-fold second member
+    write_json(run / "ensemble.json", {"members": [{"dir": ".", "weight": 3.0}, {"dir": "member_b", "weight": 1.0}],
+                                       "classes": CLASSES})
+    ens = load_ensemble(run)
+    assert [w for _, w in ens.members] == [0.75, 0.25]
+    feats = _stored(trained, [f"c{i}" for i in range(8)])
+    fold_avg = _fold_average(run, feats)
+    import torch
+
+    from semimer.checkpoint import load_model
+
+    with torch.no_grad():
+        f0 = load_model(run / "fold_0")[0]({m: torch.as_tensor(x) for m, x in feats.items()})["probs"].numpy()
+    np.testing.assert_allclose(predict_features(ens, feats), 0.75 * fold_avg + 0.25 * f0, atol=1e-6)
+
+
+def test_errors(trained, tmp_path, capsys):
+    clip = str(trained["videos"] / "c0.mp4")
+    assert main(["predict", clip, "--run", str(tmp_path / "missing"), "--transcript", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "missing" in err and "does not exist" in err and "semimer train" in err
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "features.json").unlink()
+    assert main(["predict", clip, "--run", str(run), "--transcript", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "features.json" in err and "semimer train" in err
+
+    shutil.copy(trained["run"] / "features.json", run / "features.json")
+    assert main(["predict", clip, "--run", str(run)]) == 1  # a text feature needs transcripts
+    err = capsys.readouterr().err
+    assert "--transcript" in err and trained["features"]["text"] in err
+
+    feats = read_json(run / "features.json")
+    feats["audio"]["extractor"] = None  # e.g. features made by another toolkit
+    write_json(run / "features.json", feats)
+    assert main(["predict", clip, "--run", str(run), "--transcript", "x"]) == 1
+    err = capsys.readouterr().err
+    assert f"feature {AUDIO} of run {run} was not made by `semimer extract`" in err and "--features-dir" in err
+    # ... but stored features still work
+    assert main(["predict", "c0", "--run", str(run), "--features-dir", str(trained["data"])]) == 0
+    capsys.readouterr()
+
+    assert main(["predict", str(trained["videos"]), "--run", str(trained["run"]), "--transcript", "x"]) == 1
+    assert "--transcripts CSV" in capsys.readouterr().err
+
