@@ -13,7 +13,11 @@ the default ``ModelConfig`` (hidden 256, dropout 0.3). For each batch size:
 Inference: :func:`semimer.trainer.predict_tensors` (eval mode, no grad) over 20,000 clips (a
 candidate set) in batches of 1024. One warm-up epoch / pass is run first and not timed.
 
-Usage: PYTHONPATH=src python benchmarks/train_throughput.py [--quick] [--epochs N] [--device cpu]
+Every measurement is repeated per entry of ``--threads`` (default ``0,1``: torch's default thread
+count, then one thread): on a small shared machine, intra-op threads that wait for each other can
+cost more than they give, and the load average (saved beside the numbers) says how shared it was.
+
+Usage: PYTHONPATH=src python benchmarks/train_throughput.py [--quick] [--epochs N] [--threads 0,1] [--device cpu]
 Writes benchmarks/results/train_throughput.json (atomically).
 """
 
@@ -94,62 +98,70 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per batch size")
     ap.add_argument("--batches", default="32,64,128")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--threads", default="0,1", help="comma-separated torch thread counts to run (0 = torch's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     n_train, n_val, n_infer = (512, 128, 2048) if args.quick else (4024, 1006, 20000)
     epochs = 1 if args.quick else args.epochs
     batches = [int(b) for b in args.batches.split(",")]
+    load_before = os.getloadavg()
 
     x, y = random_clips(n_train, device, seed=0)
     vx, vy = random_clips(n_val, device, seed=1)
+    ix, _ = random_clips(n_infer, device, seed=2)
     n_params = sum(p.numel() for p in new_model(x, device).parameters())
     print(f"attention baseline, dims {DIMS}, {n_params / 1e6:.2f} M parameters, {n_train} training clips, "
-          f"device {device}, torch threads {torch.get_num_threads()}")
-    rows = []
-    for b in batches:
+          f"device {device}, load average {load_before[0]:.1f} on {os.cpu_count()} CPUs")
+    rows, infer = [], []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads or default_threads)
+        nt = torch.get_num_threads()
+        for b in batches:
+            model = new_model(x, device)
+            step_epochs(model, x, y, b, 1, device)  # warm-up
+            t_step = step_epochs(model, x, y, b, epochs, device)
+            model = new_model(x, device)
+            t_fit = fit_epochs(model, x, y, vx, vy, b, epochs, device)
+            rows.append({"threads": nt, "batch": b, "epochs": epochs, "train_clips": n_train,
+                         "step_s_per_epoch": round(t_step / epochs, 3),
+                         "step_clips_per_s": round(n_train * epochs / t_step, 1),
+                         "fit_s_per_epoch": round(t_fit / epochs, 3),
+                         "fit_clips_per_s": round(n_train * epochs / t_fit, 1)})
+            print(f"threads {nt}, batch {b}: step loop {rows[-1]['step_clips_per_s']:.0f} clips/s, "
+                  f"fit {rows[-1]['fit_clips_per_s']:.0f} clips/s", flush=True)
         model = new_model(x, device)
-        step_epochs(model, x, y, b, 1, device)  # warm-up
-        t_step = step_epochs(model, x, y, b, epochs, device)
-        model = new_model(x, device)
-        t_fit = fit_epochs(model, x, y, vx, vy, b, epochs, device)
-        rows.append({"batch": b, "epochs": epochs, "train_clips": n_train,
-                     "step_s_per_epoch": round(t_step / epochs, 3),
-                     "step_clips_per_s": round(n_train * epochs / t_step, 1),
-                     "fit_s_per_epoch": round(t_fit / epochs, 3),
-                     "fit_clips_per_s": round(n_train * epochs / t_fit, 1)})
-        print(f"batch {b}: step loop {rows[-1]['step_clips_per_s']:.0f} clips/s, fit {rows[-1]['fit_clips_per_s']:.0f} clips/s",
-              flush=True)
-
-    model = new_model(x, device)
-    ix, _ = random_clips(n_infer, device, seed=2)
-    predict_tensors(model, {m: v[:1024] for m, v in ix.items()}, 1024)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    probs = predict_tensors(model, ix, 1024)
-    _sync(device)
-    t_inf = time.perf_counter() - t0
-    assert probs.shape == (n_infer, K) and np.allclose(probs.sum(1), 1, atol=1e-4)
-    infer = {"clips": n_infer, "batch": 1024, "seconds": round(t_inf, 3), "clips_per_s": round(n_infer / t_inf, 1)}
+        predict_tensors(model, {m: v[:1024] for m, v in ix.items()}, 1024)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        probs = predict_tensors(model, ix, 1024)
+        _sync(device)
+        t_inf = time.perf_counter() - t0
+        assert probs.shape == (n_infer, K) and np.allclose(probs.sum(1), 1, atol=1e-4)
+        infer.append({"threads": nt, "clips": n_infer, "batch": 1024, "seconds": round(t_inf, 3),
+                      "clips_per_s": round(n_infer / t_inf, 1)})
     rss = peak_rss_mb()
+    load_after = os.getloadavg()
 
-    header = f"{'batch':>6} {'step s/epoch':>13} {'step clips/s':>13} {'fit s/epoch':>12} {'fit clips/s':>12}"
+    header = f"{'threads':>7} {'batch':>6} {'step s/epoch':>13} {'step clips/s':>13} {'fit s/epoch':>12} {'fit clips/s':>12}"
     print(f"\ntraining: {n_train} clips, {epochs} timed epoch(s) per row after 1 warm-up epoch")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['batch']:>6} {r['step_s_per_epoch']:>13.3f} {r['step_clips_per_s']:>13.0f} "
+        print(f"{r['threads']:>7} {r['batch']:>6} {r['step_s_per_epoch']:>13.3f} {r['step_clips_per_s']:>13.0f} "
               f"{r['fit_s_per_epoch']:>12.3f} {r['fit_clips_per_s']:>12.0f}")
-    print(f"inference: {n_infer} clips in batches of 1024: {t_inf:.2f} s = {infer['clips_per_s']:.0f} clips/s")
-    print(f"peak RSS {rss:.0f} MiB")
+    for r in infer:
+        print(f"inference, {r['threads']} thread(s): {n_infer} clips in batches of 1024: {r['seconds']:.2f} s "
+              f"= {r['clips_per_s']:.0f} clips/s")
+    print(f"peak RSS {rss:.0f} MiB; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"({os.cpu_count()} CPUs)")
 
     write_json(args.out, {
         "benchmark": "attention baseline training/inference throughput, random in-memory features",
         "dims": DIMS, "classes": K, "parameters": n_params, "model_config": "ModelConfig() defaults",
-        "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "device": str(device), "torch": torch.__version__, "default_threads": default_threads,
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
         "quick": args.quick,
         "timing": ("wall seconds after one warm-up epoch; step = loss+backward+AdamW over shuffled batches; "

@@ -178,5 +178,11 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
     assert res.oof_probs.shape == (240, 6)
     # the pseudo-labeled clips did enter training: the same seed gives other predictions than `run`
     assert (out / "predictions.csv").read_bytes() != (run / "predictions.csv").read_bytes()
+    # resuming reuses folds only when the pseudo-labels are the same ones
+    mtimes = [(out / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(5)]
+    run_cv(data, cfg, out, pseudo=pseudo)
+    assert [(out / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(5)] == mtimes
+    run_cv(data, cfg, out, pseudo=PseudoLabels(pool, (pseudo.labels + 1) % 6))
+    assert all((out / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns != mtimes[k] for k in range(5))
     with pytest.raises(ValueError, match="overlap the labeled set"):
         run_cv(data, cfg, tmp_path / "bad", pseudo=PseudoLabels([data.labeled[0]], np.array([0])))

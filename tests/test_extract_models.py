@@ -63,6 +63,29 @@ def test_hf_speech_sum_last4_layers(ckpts, clip_file):
     np.testing.assert_allclose(chunked.extract(clip), np.concatenate(parts), atol=1e-4)
 
 
+def test_hf_speech_with_token_pruning(ckpts, clip_file):
+    """keep_rate < 1: the extractor's output equals the pruned encoder run directly; kept frames
+    are fewer than the unpruned ones and in time order."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from semimer.pruning import PrunedSpeechEncoder, pooled_embedding
+
+    clip = Clip("s0", clip_file)
+    audio = clip.audio()
+    model = AutoModel.from_pretrained(ckpts["hubert"], local_files_only=True).eval()
+    fe = AutoFeatureExtractor.from_pretrained(ckpts["hubert"], local_files_only=True)
+    enc = PrunedSpeechEncoder(model, keep_rate=0.7, prune_from_layer=1)
+    with torch.no_grad():
+        out = enc(fe(audio, sampling_rate=16000, return_tensors="pt").input_values, output_hidden_states=True)
+    direct_utt = pooled_embedding(out, [-4, -3, -2, -1])[0].numpy()
+    utt = build_extractor(f"hf-speech:model={ckpts['hubert']},keep_rate=0.7,prune_from_layer=1")
+    np.testing.assert_allclose(utt.extract(clip), direct_utt, atol=1e-4)
+    assert utt.metadata()["token_pruning"] == {"keep_rate": 0.7, "prune_from_layer": 1}
+    fra = build_extractor(f"hf-speech:model={ckpts['hubert']},level=frame,keep_rate=0.7,prune_from_layer=1")
+    frames = fra.extract(clip)
+    assert frames.shape == (int(out.mask.sum()), 32) and frames.shape[0] < len(audio) // 320
+
+
 class _TextClip:
     def __init__(self, text):
         self.name, self.text = text, text

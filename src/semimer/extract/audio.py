@@ -101,11 +101,17 @@ class HFSpeech(Extractor):
     """Local HuBERT / wav2vec 2.0 / WavLM folder (model=DIR), sum of the last 4 hidden layers.
 
     ``layers`` sets how many last layers are summed; utterance level = mean over time; audio
-    longer than ``chunk_seconds`` is encoded chunk by chunk and the frames concatenated."""
+    longer than ``chunk_seconds`` is encoded chunk by chunk and the frames concatenated.
+
+    ``keep_rate < 1`` turns on progressive token pruning (:mod:`semimer.pruning`): from encoder
+    layer ``prune_from_layer`` on, each layer keeps the top ``ceil(keep_rate * N)`` tokens by
+    received attention. Utterance level then pools each of the last layers over its own kept
+    tokens and sums them; frame level returns the last layers' sum at the finally kept frames
+    (time order preserved)."""
 
     modality = "audio"
     levels = ("utt", "frame")
-    options = {"model": "", "layers": 4, "chunk_seconds": 20.0}
+    options = {"model": "", "layers": 4, "chunk_seconds": 20.0, "keep_rate": 1.0, "prune_from_layer": 4}
     path_options = ("model",)
 
     def base_name(self) -> str:
@@ -121,6 +127,12 @@ class HFSpeech(Extractor):
                         "(zero-mean/unit-variance normalisation skipped)", self.opts["model"])
         self._dim = int(self.model.config.hidden_size)
         self._torch = torch
+        self.pruned = None
+        if float(self.opts["keep_rate"]) < 1.0:
+            from semimer.pruning import PrunedSpeechEncoder
+
+            self.pruned = PrunedSpeechEncoder(self.model, keep_rate=float(self.opts["keep_rate"]),
+                                              prune_from_layer=int(self.opts["prune_from_layer"]))
 
     @property
     def dim(self) -> int:
@@ -131,7 +143,9 @@ class HFSpeech(Extractor):
         return {"checkpoint": self.opts["model"], "model_type": self.model.config.model_type, "sample_rate": SAMPLE_RATE,
                 "frame_rate": SAMPLE_RATE / float(np.prod(self.model.config.conv_stride)),
                 "pooling": f"sum of last {self.opts['layers']} hidden layers"
-                           + (", mean over time" if self.level == "utt" else " per frame")}
+                           + (", mean over time" if self.level == "utt" else " per frame"),
+                "token_pruning": None if float(self.opts["keep_rate"]) >= 1.0 else
+                {"keep_rate": float(self.opts["keep_rate"]), "prune_from_layer": int(self.opts["prune_from_layer"])}}
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """``(T, D)`` summed hidden states for a waveform, chunk by chunk."""
@@ -150,12 +164,36 @@ class HFSpeech(Extractor):
             else:
                 values = self._torch.from_numpy(piece)[None]
             with self._torch.inference_mode():
+                if self.pruned is not None:
+                    outs.append(self._pruned_piece(values.to(self.device)))
+                    continue
                 out = self.model(values.to(self.device), output_hidden_states=True)
             outs.append(to_numpy(sum_last_layers(out.hidden_states, self.opts["layers"])[0]))
+        if self.pruned is not None and self.level == "utt":
+            # pooled per chunk, weighted by the chunk's frame count
+            w = np.array([n for _, n in outs], dtype=np.float64)
+            return (np.stack([e for e, _ in outs]) * (w / w.sum())[:, None]).sum(0).astype(np.float32)
         return np.concatenate(outs, axis=0)
+
+    def _pruned_piece(self, values):
+        from semimer.pruning import pooled_embedding
+
+        out = self.pruned(values, output_hidden_states=True)
+        k = int(self.opts["layers"])
+        if self.level == "utt":
+            emb = pooled_embedding(out, list(range(-k, 0)))[0]
+            return to_numpy(emb), int(out.input_counts[0])
+        keep = out.frame_index[0][out.mask[0]]  # finally kept frames, in time order
+        total = 0
+        for h, fi, m in zip(out.hidden_states[-k:], out.hidden_frame_index[-k:], out.hidden_masks[-k:]):
+            pos = {int(f): j for j, f in enumerate(fi[0].tolist()) if m[0, j]}
+            total = total + h[0, [pos[int(f)] for f in keep.tolist()]]
+        return to_numpy(total)
 
     def extract(self, clip) -> np.ndarray:
         frames = self.encode(clip.audio())
+        if self.pruned is not None and self.level == "utt":
+            return frames
         return frames if self.level == "frame" else frames.mean(0)
 
 
