@@ -118,7 +118,7 @@ def time_random(store, batches: int, seed: int, before=None) -> tuple[float, flo
     return statistics.median(times), min(times)
 
 
-def store_files(kind: str, path: Path) -> list[Path]:
+def store_files(path: Path) -> list[Path]:
     return sorted(path.iterdir())
 
 
@@ -136,7 +136,7 @@ def bench_dim(tmp: Path, n: int, dim: int, args, use_drop: bool) -> list[dict]:
     paths = {"npy-folder": folder, "packed": packed_dir}
     rows, checks = [], {}
     for kind, path in paths.items():
-        files = store_files(kind, path)
+        files = store_files(path)
         res = {}
         # cold: cache emptied before the open and again before the full pass
         evict(files, use_drop)

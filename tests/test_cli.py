@@ -121,8 +121,6 @@ def test_evaluate_custom_classes(tmp_path, capsys):
     assert list(s["per_class_f1"]) == ["calm", "tense"] and s["confusion"] == [[1, 0], [1, 0]]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: evaluate matches predicted words to --classes case-sensitively "
-                   "(commands/evaluate.py: index = {c: i ...}; labels are matched lower-cased)")
 def test_evaluate_custom_classes_in_any_case(tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     _write(labels, [["name", "discrete"], ["a", "Calm"], ["b", "Tense"]])

@@ -147,7 +147,8 @@ def test_metadata_round_trip(ckpts, clip_file, tmp_path, monkeypatch):
     monkeypatch.chdir(ckpts["hubert"].parent)  # checkpoint given relative to the working dir
     ex = build_extractor("hf-speech:model=tiny-hubert,level=frame,layers=3", batch_size=4)
     meta = json.loads(json.dumps(ex.metadata()))
-    assert meta["options"] == {"level": "frame", "model": "tiny-hubert", "layers": 3, "chunk_seconds": 20.0}
+    assert meta["options"] == {"level": "frame", "model": "tiny-hubert", "layers": 3, "chunk_seconds": 20.0,
+                               "keep_rate": 1.0, "prune_from_layer": 4}
     assert meta["dim"] == 32 and meta["model_type"] == "hubert" and meta["frame_rate"] == 50.0
     again = build_extractor_from_metadata(meta)
     assert again.feature_name == ex.feature_name and again.config() == ex.config()

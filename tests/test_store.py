@@ -251,8 +251,6 @@ def test_zero_frame_array_names_the_clip(tmp_path):
         pack_folder(tmp_path / "features" / "a-FRA", progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: open_store treats a feature name as a path when a folder of "
-                   "that name is in the working directory, even though <root>/packed/<name> exists")
 def test_open_store_ignores_a_same_named_folder_in_the_working_directory(tmp_path, monkeypatch):
     write_utt(tmp_path / "root", "a-UTT", n=3, dim=4)
     pack_folder(tmp_path / "root" / "features" / "a-UTT", progress=False)

@@ -19,7 +19,7 @@ def evaluate_files(pred_path, label_path, classes=None) -> dict:
     classes = list(classes or MER2024_CLASSES)
     truth = load_labels(label_path, classes)
     names, _, _, pred_words = read_predictions(pred_path)
-    index = {c: i for i, c in enumerate(classes)}
+    index = {c.lower(): i for i, c in enumerate(classes)}
     pred = {}
     for n, w in zip(names, pred_words):
         if w not in index:

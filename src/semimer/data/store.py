@@ -237,10 +237,10 @@ def feature_dirs(root: str | os.PathLike, feature: str) -> tuple[Path, Path]:
 def open_store(root: str | os.PathLike, feature: str, prefer: str = "packed") -> FeatureStore:
     """Open ``feature`` under a data root: the packed store if present, else the ``.npy`` folder.
 
-    ``feature`` may also be a path to either kind of folder.
+    ``feature`` may also be a path (absolute, or containing a path separator) to either kind of folder.
     """
     direct = Path(feature)
-    if direct.is_dir() and (direct.is_absolute() or not (Path(root) / FEATURES_DIRNAME / feature).exists()):
+    if (direct.is_absolute() or os.sep in feature or "/" in feature) and direct.is_dir():
         return PackedStore(direct) if (direct / "manifest.json").exists() else NpyFolderStore(direct)
     packed, folder = feature_dirs(root, feature)
     order = [packed, folder] if prefer == "packed" else [folder, packed]
