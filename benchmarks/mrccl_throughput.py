@@ -74,6 +74,7 @@ print(json.dumps({"seconds": time.time() - t, "clips": info["clips"], "clips_per
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-finetune", action="store_true", help="only the streamed pre-training row")
     ap.add_argument("--clips", type=int, default=None, help="unlabeled clips in the packed store (default 30000; quick 4000)")
     args = ap.parse_args(argv)
     from semimer.io import write_json
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
 
     rows = []
     steps = 3 if args.quick else 8
-    for batch in ((64,) if args.quick else (64, 256)):
+    for batch in (() if args.skip_finetune else (64,) if args.quick else (64, 256)):
         for full in (False, True):
             r = finetune_rate(batch, steps, full)
             rows.append({"stage": "fine-tune", "loss": "cls+modal+noise" if full else "cls only", "batch": batch,

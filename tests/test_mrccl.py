@@ -157,8 +157,8 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "features", spy)
     state = pt.pretrain_for_run(data, cfg, tmp_path / "run")
     pool = len(set(data.unlabeled) | set(data.labeled))
-    assert max(seen[1:]) <= 100, "the pool must be streamed in chunks"
-    assert sum(seen[1:]) == 2 * pool  # every clip once per epoch (after the statistics sample)
+    assert max(seen) <= 100, "the pool (and the statistics sample) must be streamed in chunks"
+    assert sum(seen) == min(pt.STATS_SAMPLE, pool) + 2 * pool  # statistics sample, then every clip once per epoch
     assert (tmp_path / "run/pretrain/model.safetensors").is_file()
     assert not any(k.startswith("heads.") for k in state)
     info = __import__("json").loads((tmp_path / "run/pretrain/pretrain.json").read_text())
@@ -177,3 +177,17 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     res = run_cv(data, cfg2, tmp_path / "ft", init_state=state)
     w = res.models[0].encoders["audio"].inp[0].weight.detach()
     assert torch.allclose(w, state["encoders.audio.inp.0.weight"], atol=1e-6)
+
+
+def test_streamed_standardizer_matches_numpy():
+    from semimer.models.base import Standardizer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(1000, 5)).astype(np.float32)
+    x[:, 4] = 7.0  # constant column -> std 1
+    st = Standardizer({"audio": 5})
+    st.fit_stream(({"audio": torch.from_numpy(x[i:i + 300])} for i in range(0, 1000, 300)), rows_per_step=128)
+    np.testing.assert_allclose(st.audio_mean.numpy(), x.mean(0), rtol=1e-5)
+    expect_std = x.astype(np.float64).std(0)
+    expect_std[4] = 1.0
+    np.testing.assert_allclose(st.audio_std.numpy(), expect_std, rtol=1e-4)

@@ -65,7 +65,8 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
     model = build_model("mrccl", data.dims(), len(data.classes), cfg.model, noise_cfg=cfg.noise).to(device)
     rng = np.random.default_rng(cfg.train.seed)
     sample = sorted(rng.choice(names, size=min(STATS_SAMPLE, len(names)), replace=False).tolist())
-    model.standardizer.fit(to_tensors(data.features(sample), device))
+    model.standardizer.fit_stream(to_tensors(data.features(sample[i:i + CHUNK]), device)
+                                  for i in range(0, len(sample), CHUNK))
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     history, t0, clips = [], time.time(), 0

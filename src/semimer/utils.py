@@ -44,9 +44,22 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux/macOS)."""
+    """Peak resident set size of this process in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this address
+    space). ``getrusage().ru_maxrss`` is not used there: after fork+exec it still carries the
+    parent's size at fork time, which inflates a child's number.
+    """
     import resource
     import sys
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024

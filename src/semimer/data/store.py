@@ -18,6 +18,7 @@ the clip and the file.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import time
@@ -192,6 +193,14 @@ class PackedStore(FeatureStore):
     def extractor_meta(self) -> dict | None:
         return self.manifest.get("extractor")
 
+    def _release_pages(self) -> None:
+        """Unmap the pages just read from this process (MADV_DONTNEED on a read-only file
+        mapping drops nothing from disk or the page cache; it only stops them counting as this
+        process's resident memory), so streaming a pool larger than RAM keeps RSS flat."""
+        mm = getattr(self.data, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
     def _read(self, name: str) -> np.ndarray:
         i = self._index[name]
         if self.level == "utt":
@@ -208,6 +217,7 @@ class PackedStore(FeatureStore):
         order = np.argsort(idx, kind="stable")  # sorted reads are sequential on disk
         out = np.empty((len(names), self.dim), dtype=np.float32)
         out[order] = self.data[idx[order]]
+        self._release_pages()
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             name = names[int(np.flatnonzero(bad)[0])]

@@ -28,11 +28,28 @@ class Standardizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, feats: dict[str, torch.Tensor]) -> None:
-        for m in self.modalities:
-            x = feats[m].reshape(-1, feats[m].shape[-1]).double()
-            std = x.std(dim=0, unbiased=False)
+        self.fit_stream([feats])
+
+    @torch.no_grad()
+    def fit_stream(self, chunks, rows_per_step: int = 4096) -> None:
+        """Mean and (population) std from an iterable of feature dicts, accumulated in float64
+        over row blocks, so a large sample never needs a float64 copy of itself."""
+        acc = {m: [0, 0.0, 0.0] for m in self.modalities}  # n, sum, sum of squares
+        for feats in chunks:
+            for m in self.modalities:
+                x = feats[m].reshape(-1, feats[m].shape[-1])
+                for s in range(0, len(x), rows_per_step):
+                    b = x[s:s + rows_per_step].double()
+                    acc[m][0] += len(b)
+                    acc[m][1] = acc[m][1] + b.sum(0)
+                    acc[m][2] = acc[m][2] + (b * b).sum(0)
+        for m, (n, s1, s2) in acc.items():
+            if n == 0:
+                raise ValueError(f"no rows to fit the {m} standardiser on")
+            mean = s1 / n
+            std = (s2 / n - mean * mean).clamp_min(0).sqrt()
             std[std < 1e-6] = 1.0
-            getattr(self, f"{m}_mean").copy_(x.mean(dim=0).float())
+            getattr(self, f"{m}_mean").copy_(mean.float())
             getattr(self, f"{m}_std").copy_(std.float())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
