@@ -149,11 +149,17 @@ def summarise_rows(rows: dict[str, list[dict]]) -> list[dict]:
 
 
 def format_table(table: list[dict], n_seeds: int) -> str:
-    def f(x):
-        return "–" if x is None else f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}"
+    """Several seeds: mean ± std over seeds. One seed: CV as mean ± std over folds, test as is."""
+    def f(x, fold_std=None):
+        if x is None:
+            return "–"
+        if n_seeds > 1:
+            return f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}"
+        return f"{100 * x['mean']:.2f}" + (f" ± {100 * fold_std['mean']:.2f}" if fold_std else "")
 
     w = max(len(r["variant"]) for r in table)
-    lines = [f"{'variant':<{w}}  {'CV WAF':>15}  {'test WAF':>15}   (mean ± std over {n_seeds} seed(s); 5-fold CV on real labels)",
+    how = (f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "1 seed: CV mean ± std over folds")
+    lines = [f"{'variant':<{w}}  {'CV WAF':>15}  {'test WAF':>15}   ({how}; CV on real labels only)",
              "-" * (w + 36)]
-    lines += [f"{r['variant']:<{w}}  {f(r['cv_waf']):>15}  {f(r['test_waf']):>15}" for r in table]
+    lines += [f"{r['variant']:<{w}}  {f(r['cv_waf'], r.get('cv_fold_std')):>15}  {f(r['test_waf']):>15}" for r in table]
     return "\n".join(lines)
