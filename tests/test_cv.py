@@ -186,3 +186,29 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
     assert all((out / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns != mtimes[k] for k in range(5))
     with pytest.raises(ValueError, match="overlap the labeled set"):
         run_cv(data, cfg, tmp_path / "bad", pseudo=PseudoLabels([data.labeled[0]], np.array([0])))
+
+
+def test_folds_finished_under_other_inputs_are_never_reused_after_a_kill(data, tmp_path, monkeypatch):
+    """Run A finishes every fold; run B (other settings) is killed after its first fold; B restarted
+    must retrain folds 1.. rather than take A's finished folds as its own."""
+    import semimer.cv as cvmod
+
+    base = [f"data.root={data.root}", "train.folds=2", "train.progress=false", "train.threads=1", "model.hidden=16"]
+    run_cv(data, load_config(None, [*base, "train.epochs=1"]), tmp_path / "r")
+    a_fold1 = (tmp_path / "r" / "fold_1" / "model.safetensors").read_bytes()
+    real_fit, calls = cvmod.fit, []
+
+    def killed_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_fit(*a, **kw)
+
+    cfg_b = load_config(None, [*base, "train.epochs=2"])
+    monkeypatch.setattr(cvmod, "fit", killed_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(data, cfg_b, tmp_path / "r")
+    monkeypatch.setattr(cvmod, "fit", real_fit)
+    res = run_cv(data, cfg_b, tmp_path / "r")
+    assert (tmp_path / "r" / "fold_1" / "model.safetensors").read_bytes() != a_fold1
+    assert len(res.metrics["folds"]) == 2 and all(len(json.loads((tmp_path / "r" / f"fold_{k}" / "result.json").read_text())["history"]) == 2 for k in range(2))

@@ -134,8 +134,10 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
         fdir = out / f"fold_{k}"
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         done = fdir / "done.json"
-        model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise).to(device)
-        if same_config and done.is_file():
+        if not same_config and done.is_file():
+            done.unlink()  # finished under other inputs: never reuse it, even after a later kill
+        if done.is_file():
+            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise).to(device)
             model.load_state_dict(load_state(fdir / "model.safetensors", device))
             res = read_json(fdir / "result.json")
             fr = FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
@@ -161,7 +163,7 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
             train_seconds += time.time() - t1
             clips_seen += len(train_y) * len(fr.history)
             save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,
-                                                             "noise_config": _asdict(cfg.noise)})
+                                                             "noise_config": dataclasses.asdict(cfg.noise)})
             write_json(fdir / "result.json", {"best_epoch": fr.best_epoch, "best_val_waf": fr.best_val_waf,
                                               "history": fr.history})
             write_json(done, {"fold": k})
@@ -197,12 +199,6 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
     log.info("CV WAF %s over %d folds -> %s", fmt(metrics["cv"]["waf"]), tc.folds, out)
     return CVResult(out=out, metrics=metrics, oof_probs=oof, cand_probs=np.asarray(cand, np.float32),
                     models=models, fold=fold)
-
-
-def _asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def _plots(out: Path, metrics: dict, histories: Sequence, classes: Sequence[str], cfg: RunConfig) -> None:
