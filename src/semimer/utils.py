@@ -22,7 +22,7 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(requested: str = "auto"):
-    """``auto`` -> CUDA when available, else CPU. Model code never calls ``.cuda()`` itself."""
+    """``auto`` -> CUDA when available, else CPU. The device is picked here, once; model code never hard-codes one."""
     import torch
 
     if requested in ("auto", "", None):
