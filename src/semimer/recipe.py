@@ -84,13 +84,14 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     main_cfg = deepcopy(cfg)
     main_cfg.model.name = members[0]
     rounds = cfg.self_train.rounds
-    n_stages = 2 + rounds + (len(members) > 1) * 2
+    do_pretrain = cfg.pretrain.enabled and main_cfg.model.name == "mrccl"
+    n_stages = int(do_pretrain) + 1 + rounds + (len(members) > 1) * 2
     summary: dict = {"stages": {}, "members": members, "seed": cfg.train.seed}
     timing: dict[str, float] = {}
     stage_no = 1
 
     init = None
-    if cfg.pretrain.enabled and main_cfg.model.name == "mrccl":
+    if do_pretrain:
         _stage(stage_no, n_stages, "contrastive pre-training on unlabeled + labeled clips")
         from semimer.pretrain import pretrain
 
@@ -101,7 +102,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         info = read_json(pdir / "pretrain.json")
         summary["stages"]["pretrain"] = {"clips": info["clips"], "epochs": info["epochs"],
                                          "final_loss": info["history"][-1].get("loss") if info["history"] else None}
-    stage_no += 1
+        stage_no += 1
 
     _stage(stage_no, n_stages, f"{main_cfg.model.name} fine-tuning, {cfg.train.folds}-fold CV (round 0)")
     t = time.time()
