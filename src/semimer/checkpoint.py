@@ -33,7 +33,8 @@ def save_model(folder: str | os.PathLike, model, classes, model_cfg, extra: dict
     folder.mkdir(parents=True, exist_ok=True)
     save_state(folder / "model.safetensors", model.state_dict())
     cfg = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
-    write_json(folder / "model.json", {"model": model.registry_name, "dims": model.dims, "classes": list(classes),
+    write_json(folder / "model.json", {"model": model.registry_name, "dims": model.dims,
+                                       "levels": getattr(model, "levels", None), "classes": list(classes),
                                        "model_config": cfg, **(extra or {})})
 
 
@@ -46,6 +47,8 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     meta = read_json(folder / "model.json")
     mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["model_config"]))
     kwargs = {}
+    if meta.get("levels"):
+        kwargs["levels"] = meta["levels"]
     if "noise_config" in meta:
         kwargs["noise_cfg"] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModalityNoiseConfig), meta["noise_config"]))
     model = build_model(meta["model"], meta["dims"], len(meta["classes"]), mcfg, **kwargs)

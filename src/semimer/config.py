@@ -48,6 +48,14 @@ class ModelConfig:
     use_modal: bool = True
     use_noise: bool = True
     temperature_init: float = 0.1
+    # frame-level inputs ((T, D) per clip; see semimer.models.frame)
+    frame_encoder: str = "transformer"  # transformer | pool
+    frame_layers: int = 2
+    frame_heads: int = 4
+    frame_pool: str = "mean"  # mean | attention (over valid frames)
+    keep_rate: float = 1.0  # token pruning inside the frame encoders of prune_modalities (1 = off)
+    prune_from_layer: int = 1  # prune after every block i >= this (0-based; = frame_layers: off)
+    prune_modalities: list = field(default_factory=lambda: ["audio"])
 
 
 @dataclass

@@ -45,6 +45,7 @@ from semimer.metrics import fmt, scores, summarise
 from semimer.models import build_model
 from semimer.oversample import oversample_indices
 from semimer.predictions import write_predictions, write_submission
+from semimer.ragged import concat
 from semimer.trainer import FitResult, fit, predict_names, predict_tensors, take, to_tensors
 from semimer.utils import log, pick_device, seed_everything
 
@@ -116,13 +117,13 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
     fold = assign_folds(data.labels, tc.folds, tc.seed)
     save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes)
     t0 = time.time()
-    feats = to_tensors(data.features(data.labeled), device)
+    feats = to_tensors(data.features(data.labeled), device, data.dims())
     y_all = data.labels
     if pseudo is not None and len(pseudo.names):
         overlap = set(pseudo.names) & set(data.labeled)
         if overlap:
             raise ValueError(f"pseudo-labeled clips overlap the labeled set, e.g. {sorted(overlap)[:3]}")
-        p_feats = to_tensors(data.features(pseudo.names), device)
+        p_feats = to_tensors(data.features(pseudo.names), device, data.dims())
         p_y = np.asarray(pseudo.labels, dtype=np.int64)
     else:
         p_feats, p_y = None, np.zeros(0, np.int64)
@@ -137,17 +138,17 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
         if not same_config and done.is_file():
             done.unlink()  # finished under other inputs: never reuse it, even after a later kill
         if done.is_file():
-            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise).to(device)
+            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
             model.load_state_dict(load_state(fdir / "model.safetensors", device))
             res = read_json(fdir / "result.json")
             fr = FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
             log.info("fold %d: reusing finished fold from %s", k, fdir)
         else:
             seed_everything(fold_seed(tc.seed, k))
-            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise).to(device)
+            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
             train_x, train_y = take(feats, torch.as_tensor(tr, device=device)), y_all[tr]
             if p_feats is not None:
-                train_x = {m: torch.cat([train_x[m], p_feats[m]]) for m in train_x}
+                train_x = concat(train_x, p_feats)
                 train_y = np.concatenate([train_y, p_y])
             if init_state is not None:
                 missing, unexpected = model.load_state_dict(init_state, strict=False)

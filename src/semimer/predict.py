@@ -163,38 +163,66 @@ def load_ensemble(run_dir: str | os.PathLike, device: Any = "cpu") -> Ensemble:
 # probabilities from features
 
 
-def predict_features(ensemble: Ensemble, feats: Mapping[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
+def predict_features(ensemble: Ensemble, feats: Mapping[str, Any], batch_size: int = 1024) -> np.ndarray:
     """``(N, K)`` probabilities: Σ_members w · mean over the member's folds of the fold model's
-    probabilities. ``feats`` maps each of the run's modalities to an ``(N, D)`` array
-    (raw features: the models standardise their inputs themselves)."""
+    probabilities. ``feats`` maps each of the run's modalities to raw features (the models
+    standardise their inputs themselves): utterance level an ``(N, D)`` array (or one ``(D,)``
+    clip); frame level a list of ``N`` ``(T_i, D)`` arrays (or one ``(T, D)`` clip)."""
     from semimer.trainer import predict_tensors, to_tensors
 
     missing = [m for m in ensemble.modalities if m not in feats]
     if missing:
         uses = ", ".join(f"{m}={f['feature']}" for m, f in ensemble.features.items())
         raise ValueError(f"features for modality(ies) {missing} are missing; the run uses {uses}")
-    arrays = {}
+    arrays: dict[str, Any] = {}
     n = None
     for m, f in ensemble.features.items():
-        x = np.asarray(feats[m], dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if x.ndim != 2 or x.shape[1] != int(f["dim"]):
-            raise ValueError(f"{m} features have shape {x.shape}, expected (N, {f['dim']}) "
-                             f"like feature {f['feature']!r} the run was trained on")
-        if n is not None and len(x) != n:
-            raise ValueError(f"modalities have different clip counts ({n} and {len(x)} for {m})")
-        n = len(x)
-        arrays[m] = x
+        arrays[m] = _check_modality(m, f, feats[m])
+        if n is not None and len(arrays[m]) != n:
+            raise ValueError(f"modalities have different clip counts ({n} and {len(arrays[m])} for {m})")
+        n = len(arrays[m])
     K = len(ensemble.classes)
     out = np.zeros((n or 0, K), dtype=np.float64)
     if not n:
         return out.astype(np.float32)
-    tensors = to_tensors(arrays, ensemble.device)
+    tensors = to_tensors(arrays, ensemble.device, ensemble.dims)
     for models, w in ensemble.members:
         fold_mean = np.mean([predict_tensors(model, tensors, batch_size) for model in models], axis=0)
         out += w * fold_mean
     return out.astype(np.float32)
+
+
+def _check_modality(m: str, f: Mapping[str, Any], x: Any):
+    """``(N, D)`` float32 array (utterance level) or list of ``(T, D)`` arrays (frame level)."""
+    dim, level = int(f["dim"]), f.get("level", "utt")
+    if level == "frame":
+        if isinstance(x, np.ndarray) and x.ndim == 2:
+            x = [x]
+        clips = [np.asarray(c, dtype=np.float32) for c in x]
+        for i, c in enumerate(clips):
+            if c.ndim != 2 or c.shape[1] != dim or len(c) == 0:
+                raise ValueError(f"{m} clip {i} has shape {c.shape}, expected (T, {dim}) with T >= 1 like "
+                                 f"frame-level feature {f['feature']!r} the run was trained on")
+        return clips
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{m} features have shape {x.shape}, expected (N, {dim}) "
+                         f"like feature {f['feature']!r} the run was trained on")
+    return x
+
+
+def _stack(ensemble: Ensemble, rows: Mapping[str, list[np.ndarray]]) -> dict[str, Any]:
+    """Per-clip arrays of each modality as predict_features takes them."""
+    out = {}
+    for m, r in rows.items():
+        f = ensemble.features[m]
+        if f.get("level", "utt") == "frame":
+            out[m] = list(r)
+        else:
+            out[m] = np.stack(r) if r else np.zeros((0, int(f["dim"])), np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,15 +249,12 @@ def _entries(paths: Sequence[Any]) -> list[tuple[str, Path]]:
 
 
 def check_reextractable(run_dir: str | os.PathLike, features: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise unless every feature of the run was made by ``semimer extract`` at utterance level."""
+    """Raise unless every feature of the run was made by ``semimer extract`` (utterance or frame level)."""
     for m, f in features.items():
         meta = f.get("extractor")
         if not isinstance(meta, dict) or "extractor" not in meta or "options" not in meta:
             raise ValueError(f"feature {f['feature']} of run {run_dir} was not made by `semimer extract`; "
                              f"pass precomputed features with --features-dir DATA_DIR instead")
-        if f.get("level", meta.get("level", "utt")) != "utt":
-            raise ValueError(f"feature {f['feature']} ({m}) of run {run_dir} is frame-level; prediction "
-                             f"(like training) handles utterance-level features only")
 
 
 def check_inputs(run_dir: str | os.PathLike, features: Mapping[str, Mapping[str, Any]],
@@ -317,9 +342,7 @@ def _read_stored(ensemble: Ensemble, entries: list[tuple[str, Path]], features_d
         ok.append(i)
         for m, a in arrays.items():
             rows[m].append(a)
-    feats = {m: np.stack(r) if r else np.zeros((0, int(ensemble.features[m]["dim"])), np.float32)
-             for m, r in rows.items()}
-    return feats, ok, failures
+    return _stack(ensemble, rows), ok, failures
 
 
 def _reextract(ensemble: Ensemble, entries: list[tuple[str, Path]], transcripts: Mapping[str, str] | None,
@@ -378,6 +401,4 @@ def _reextract(ensemble: Ensemble, entries: list[tuple[str, Path]], transcripts:
     finally:
         if bar is not None:
             bar.close()
-    feats = {m: np.stack(r) if r else np.zeros((0, int(ensemble.features[m]["dim"])), np.float32)
-             for m, r in rows.items()}
-    return feats, ok, failures
+    return _stack(ensemble, rows), ok, failures

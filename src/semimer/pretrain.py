@@ -27,7 +27,8 @@ from semimer.config import RunConfig
 from semimer.data.layout import MERData
 from semimer.io import read_json, write_json
 from semimer.models import build_model
-from semimer.trainer import to_tensors
+from semimer.ragged import collate
+from semimer.trainer import take, to_tensors, train_batches
 from semimer.utils import log, peak_rss_mb, pick_device, seed_everything
 
 CHUNK = 8192
@@ -62,10 +63,11 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
         log.info("pre-training: reusing finished run in %s", out)
         return _without_heads(load_state(out / "model.safetensors", device))
     seed_everything(cfg.train.seed + 7919)
-    model = build_model("mrccl", data.dims(), len(data.classes), cfg.model, noise_cfg=cfg.noise).to(device)
+    model = build_model("mrccl", data.dims(), len(data.classes), cfg.model, noise_cfg=cfg.noise,
+                        levels=data.levels()).to(device)
     rng = np.random.default_rng(cfg.train.seed)
     sample = sorted(rng.choice(names, size=min(STATS_SAMPLE, len(names)), replace=False).tolist())
-    model.standardizer.fit_stream(to_tensors(data.features(sample[i:i + CHUNK]), device)
+    model.standardizer.fit_stream(to_tensors(data.features(sample[i:i + CHUNK]), device, data.dims())
                                   for i in range(0, len(sample), CHUNK))
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -81,13 +83,12 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
         sums, steps = {}, 0
         for c in range(0, len(order), CHUNK):
             chunk = names_arr[order[c:c + CHUNK]].tolist()
-            feats = to_tensors(data.features(chunk), device)
-            perm = torch.randperm(len(chunk), generator=gen).to(device)
-            for s in range(0, len(chunk), pc.batch_size):
-                idx = perm[s:s + pc.batch_size]
+            feats = to_tensors(data.features(chunk), device, data.dims())
+            for idx in train_batches(feats, len(chunk), pc.batch_size, gen):
+                idx = idx.to(device)
                 if len(idx) < 2:
                     continue
-                loss, parts = model.contrastive_loss({m: x[idx] for m, x in feats.items()})
+                loss, parts = model.contrastive_loss(collate(take(feats, idx)))
                 if not torch.isfinite(loss):
                     raise FloatingPointError("pre-training loss is not finite; lower pretrain.lr")
                 opt.zero_grad(set_to_none=True)

@@ -25,6 +25,13 @@ Generative model (all draws from ``numpy.random.default_rng`` seeded by ``seed``
   the annotated counts stay exact and the test ceiling is below 100.
 * optional corruption: a fraction ``missing_rate`` of clips have one modality zeroed (no face, no
   audio, empty text -> zero vector, as in the MER extraction conventions).
+* frame level (``frames = {modality: (T_min, T_max)}``, preset ``frames``): that modality is a
+  ``(T, D)`` array per clip, ``T`` uniform in ``[T_min, T_max]``. The emotion signal
+  ``gain_m U_m B_m z`` is present only on one contiguous *salient* segment of
+  ``max(1, round(salient_fraction * T))`` frames at a random position (the rest is speaker/style +
+  offset + noise, like silence or neutral speech around an emotional phrase), and every frame gets its
+  own noise ``frame_sigma_m * eps_t``. Mean pooling dilutes the segment by ``salient_fraction``;
+  a model that finds the salient frames gains. Frame-level features are named ``<M>-FRA``.
 
 Output (``OUT/`` given to :func:`generate`)::
 
@@ -40,19 +47,26 @@ Large presets are generated and written in chunks, so memory stays flat at ``mer
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from semimer import MER2024_CLASSES
-from semimer.data.store import FEATURES_DIRNAME, PACKED_DIRNAME, PackedWriter
+from semimer.data.store import FEATURES_DIRNAME, PACKED_DIRNAME, PackedWriter, pack_folder
 from semimer.io import save_npy, write_csv, write_json
 from semimer.utils import log
 
 MER2024_COUNTS = (1248, 1208, 1038, 730, 616, 190)
 MODALITIES = ("audio", "text", "video")
 FEATURE_NAMES = {"audio": "audio-UTT", "text": "text-UTT", "video": "video-UTT"}
+FRAME_FEATURE_NAMES = {"audio": "audio-FRA", "text": "text-FRA", "video": "video-FRA"}
+
+
+def feature_names(cfg: "SynthConfig") -> dict[str, str]:
+    """Feature folder per modality: ``<M>-FRA`` for frame-level modalities, ``<M>-UTT`` otherwise."""
+    return {m: FRAME_FEATURE_NAMES[m] if m in cfg.frames else FEATURE_NAMES[m] for m in MODALITIES}
 CONFUSED_PAIRS = {
     "audio": (("happy", "surprise"), ("neutral", "worried")),
     "text": (("angry", "worried"), ("neutral", "sad")),
@@ -78,6 +92,9 @@ class SynthConfig:
     label_noise: float = 0.05
     missing_rate: float = 0.02
     chunk: int = 8192
+    frames: dict = field(default_factory=dict)  # modality -> [T_min, T_max]: frame-level features
+    salient_fraction: float = 0.3
+    frame_sigma: dict = field(default_factory=lambda: {"audio": 1.5, "text": 1.5, "video": 1.5})
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -91,6 +108,11 @@ PRESETS: dict[str, SynthConfig] = {
     "medium": SynthConfig(n_labeled=5030, n_unlabeled=20000, n_test=1169, n_candidates=5000,
                           dims={"audio": 128, "text": 256, "video": 96}, n_speakers=300),
     "mer2024-scale": SynthConfig(),
+    # frame-level audio (2-12 s of speech at a 5 Hz token rate) and video (faces at 2 fps),
+    # utterance-level text; MER2024's 1:6 labeled:unlabeled ratio kept small enough for 2 CPU cores
+    "frames": SynthConfig(n_labeled=1006, n_unlabeled=6000, n_test=600, n_candidates=1500,
+                          dims={"audio": 64, "text": 128, "video": 48}, n_speakers=80,
+                          frames={"audio": [10, 60], "video": [4, 24]}),
 }
 
 
@@ -130,21 +152,42 @@ class _Model:
         self.speakers = {m: rng.normal(size=(cfg.n_speakers, min(cfg.speaker_dim, cfg.dims[m]))) * cfg.speaker_sigma
                          for m in MODALITIES}
 
-    def features(self, y: np.ndarray, spk: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def features(self, y: np.ndarray, spk: np.ndarray, rng: np.random.Generator) -> dict:
+        """Per modality an ``(n, D)`` array, or (frame level) a list of ``n`` ``(T, D)`` arrays."""
         cfg = self.cfg
         z = self.protos[y] + cfg.within_sigma * rng.normal(size=(len(y), cfg.latent_dim))
         out = {}
         for m in MODALITIES:
-            s = z @ self.B[m].T
-            x = cfg.gain[m] * s @ self.U[m].T + self.speakers[m][spk] @ self.V[m].T + self.offset[m]
-            x += cfg.noise_sigma[m] * rng.normal(size=x.shape)
+            signal = cfg.gain[m] * (z @ self.B[m].T) @ self.U[m].T
+            base = self.speakers[m][spk] @ self.V[m].T + self.offset[m]
+            if m in cfg.frames:
+                out[m] = self._frames(m, signal, base, rng)
+                continue
+            x = signal + base + cfg.noise_sigma[m] * rng.normal(size=signal.shape)
             out[m] = x.astype(np.float32)
         if cfg.missing_rate > 0:
             drop = rng.random(len(y)) < cfg.missing_rate
             which = rng.integers(0, len(MODALITIES), size=len(y))
             for j, m in enumerate(MODALITIES):
-                out[m][drop & (which == j)] = 0.0
+                for i in np.flatnonzero(drop & (which == j)):
+                    out[m][i] = np.zeros_like(out[m][i])
         return out
+
+    def _frames(self, m: str, signal: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        cfg = self.cfg
+        lo, hi = (int(v) for v in cfg.frames[m])
+        if not 1 <= lo <= hi:
+            raise ValueError(f"frames[{m!r}] must be [T_min, T_max] with 1 <= T_min <= T_max, got {cfg.frames[m]}")
+        clips = []
+        for s, b in zip(signal, base):
+            T = int(rng.integers(lo, hi + 1))
+            L = max(1, int(round(cfg.salient_fraction * T)))
+            start = int(rng.integers(0, T - L + 1))
+            on = np.zeros((T, 1))
+            on[start:start + L] = 1.0
+            x = on * s + b + cfg.frame_sigma[m] * rng.normal(size=(T, len(s)))
+            clips.append(x.astype(np.float32))
+        return clips
 
 
 def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: int = 0,
@@ -192,10 +235,14 @@ def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: i
     rest = np.setdiff1d(unl_idx, test_idx)
     cand_idx = np.sort(np.concatenate([test_idx, rng.choice(rest, size=cfg.n_candidates - cfg.n_test, replace=False)]))
 
+    unknown = set(cfg.frames) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"frames given for unknown modalities {sorted(unknown)}; valid: {', '.join(MODALITIES)}")
+    fnames = feature_names(cfg)
     writers = {}
-    if fmt in ("packed", "both"):
-        writers = {m: PackedWriter(ds / PACKED_DIRNAME / FEATURE_NAMES[m], FEATURE_NAMES[m], names, cfg.dims[m])
-                   for m in MODALITIES}
+    if fmt in ("packed", "both"):  # utterance level: written packed directly; frame level: packed below
+        writers = {m: PackedWriter(ds / PACKED_DIRNAME / fnames[m], fnames[m], names, cfg.dims[m])
+                   for m in MODALITIES if m not in cfg.frames}
     starts = range(0, n_total, cfg.chunk)
     if progress:
         from tqdm import tqdm
@@ -207,19 +254,24 @@ def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: i
         for m in MODALITIES:
             if m in writers:
                 writers[m].write(start, feats[m])
-            if fmt in ("npy", "both"):
-                folder = ds / FEATURES_DIRNAME / FEATURE_NAMES[m]
+            if fmt in ("npy", "both") or m in cfg.frames:
+                folder = ds / FEATURES_DIRNAME / fnames[m]
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, row in zip(range(sl.start, sl.stop), feats[m]):
                     np.save(folder / f"{names[i]}.npy", row)
     for w in writers.values():
         w.close({"synthetic": True})
+    for m in cfg.frames:
+        if fmt in ("packed", "both"):
+            pack_folder(ds / FEATURES_DIRNAME / fnames[m], progress=False)
+            if fmt == "packed":
+                shutil.rmtree(ds / FEATURES_DIRNAME / fnames[m])
     classes = MER2024_CLASSES
     write_csv(ds / "label-disdim.csv", ["name", "discrete"],
               ((names[i], classes[y_obs[i]]) for i in np.flatnonzero(is_lab)))
     write_csv(ds / "track_all_candidates.csv", ["name"], ((names[i],) for i in cand_idx))
     write_csv(out / "test-labels.csv", ["name", "discrete"], ((names[i], classes[y_obs[i]]) for i in test_idx))
-    meta = {"generator": "semimer.synth", "seed": seed, "format": fmt, "features": FEATURE_NAMES,
+    meta = {"generator": "semimer.synth", "seed": seed, "format": fmt, "features": fnames,
             "config": asdict(cfg), "note": "synthetic stand-in for MER2024; hidden labels are in ../test-labels.csv"}
     write_json(ds / "synth.json", meta)
     log.info("synthetic dataset: %d labeled, %d unlabeled (%d test hidden), %d candidates -> %s",

@@ -2,7 +2,9 @@
 
 Features for the labeled clips are small enough to sit in memory as tensors (5,030 clips x 6,912
 dims is 139 MB); large pools are streamed by :func:`predict_names`. Model selection uses validation
-WAF only; the best epoch's weights are restored at the end.
+WAF only; the best epoch's weights are restored at the end. Frame-level features are
+:class:`~semimer.ragged.Ragged` (no padding at rest), batched by length buckets in training and by
+sorted length under a frame budget at inference.
 """
 
 from __future__ import annotations
@@ -16,17 +18,39 @@ import torch
 from sklearn.metrics import f1_score
 
 from semimer.config import TrainConfig
+from semimer.ragged import (Ragged, clip_lengths, collate, inference_batches, length_bucketed_batches,
+                            n_items)
 from semimer.utils import log
 
 Arrays = dict[str, np.ndarray]
+MAX_EVAL_FRAMES = 65536  # padded frames per inference batch at frame level (bounds memory)
 
 
-def to_tensors(feats: Arrays, device: torch.device) -> dict[str, torch.Tensor]:
-    return {m: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device) for m, x in feats.items()}
+def to_tensors(feats: Arrays, device: torch.device, dims: dict[str, int] | None = None) -> dict:
+    """Arrays from :meth:`MERData.features` to tensors: ``(N, D)`` arrays to tensors, lists of
+    ``(T, D)`` arrays (frame level) to :class:`~semimer.ragged.Ragged`."""
+    out = {}
+    for m, x in feats.items():
+        if isinstance(x, (list, tuple)):
+            out[m] = Ragged.from_arrays(x, device, dim=(dims or {}).get(m))
+        else:
+            out[m] = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
+    return out
 
 
 def take(feats: dict, idx) -> dict:
+    """Clips ``idx`` of every modality (tensor rows or Ragged clips)."""
     return {m: x[idx] for m, x in feats.items()}
+
+
+def train_batches(feats: dict, n: int, batch_size: int, generator: torch.Generator) -> list:
+    """One epoch's batches of indices: a seeded permutation cut in order (utterance level), or
+    seeded length buckets when any modality is frame level (:mod:`semimer.ragged`)."""
+    lengths = clip_lengths(feats)
+    if lengths is None:
+        perm = torch.randperm(n, generator=generator)
+        return [perm[s:s + batch_size] for s in range(0, n, batch_size)]
+    return [torch.as_tensor(b) for b in length_bucketed_batches(lengths, batch_size, generator)]
 
 
 @dataclass
@@ -37,12 +61,17 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict_tensors(model, feats: dict[str, torch.Tensor], batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad)."""
+def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int = MAX_EVAL_FRAMES) -> np.ndarray:
+    """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad). Frame-level
+    inputs are batched by length with at most ``max_frames`` padded frames per batch."""
     model.eval()
-    n = len(next(iter(feats.values())))
-    out = [model(take(feats, slice(i, i + batch_size)))["probs"].float().cpu() for i in range(0, n, batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), np.float32)
+    n = n_items(feats)
+    out = np.zeros((n, model.num_classes), np.float32)
+    lengths = clip_lengths(feats)
+    for idx in inference_batches(lengths, n, batch_size, max_frames):
+        sel = slice(int(idx[0]), int(idx[-1]) + 1) if lengths is None else torch.as_tensor(idx)
+        out[idx] = model(collate(take(feats, sel)))["probs"].float().cpu().numpy()
+    return out
 
 
 @torch.no_grad()
@@ -59,7 +88,7 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
         starts = tqdm(starts, desc="predict", unit="batch", leave=False, disable=None)
     for s in starts:
         chunk = list(names[s:s + batch_size])
-        feats = to_tensors(data.features(chunk), device)
+        feats = to_tensors(data.features(chunk), device, data.dims())
         out[s:s + len(chunk)] = np.mean([predict_tensors(m, feats, batch_size) for m in models], axis=0)
     return out.astype(np.float32)
 
@@ -75,6 +104,8 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(y_train)
+    if n_items(train) != n:
+        raise ValueError(f"{desc}: {n_items(train)} training clips but {n} labels")
     best = (-1.0, -1)
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
@@ -86,13 +117,12 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
         bar = epochs = tqdm(epochs, desc=desc, unit="ep", leave=False, disable=None, mininterval=0.5)
     for epoch in epochs:
         model.train()
-        perm = torch.randperm(n, generator=gen).to(y_train.device)
         tot, parts_sum, steps = 0.0, {}, 0
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+        for idx in train_batches(train, n, cfg.batch_size, gen):
+            idx = idx.to(y_train.device)
             if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
                 continue
-            loss, parts = model.loss(take(train, idx), y_train[idx])
+            loss, parts = model.loss(collate(take(train, idx)), y_train[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch}; lower train.lr or check the features")
             opt.zero_grad(set_to_none=True)

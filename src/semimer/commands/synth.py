@@ -15,9 +15,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from semimer.synth import generate
+    from semimer.synth import PRESETS, feature_names, generate
 
     over = {} if args.missing_rate is None else {"missing_rate": args.missing_rate}
     ds = generate(args.out, args.preset, args.seed, fmt=args.fmt, progress=True, **over)
     print(f"dataset: {ds}\nhidden test labels: {ds.parent / 'test-labels.csv'}")
+    names = feature_names(PRESETS[args.preset])
+    flags = " ".join(f"--{m} {f}" for m, f in names.items() if f.endswith("-FRA"))
+    if flags:
+        print(f"frame-level features: train with  semimer train --data {ds} {flags}")
     return 0

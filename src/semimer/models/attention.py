@@ -4,6 +4,10 @@ Per modality an MLP encoder ``h_m = MLP_m(x_m)`` to a common width; attention we
 modalities ``alpha = softmax(W_2 tanh(W_1 [h_a; h_t; h_v]))`` (one score per modality); fused
 ``z = sum_m alpha_m h_m``; a linear classifier on ``z``. Reference: Lian et al., "MER 2023: Multi-label
 Learning, Modality Robustness, and Semi-Supervised Learning", ACM MM 2023 (baseline code ``attention.py``).
+
+Frame-level modalities (``levels[m] == "frame"``) replace ``MLP_m`` by a
+:class:`~semimer.models.frame.FrameEncoder` (transformer or pooling, masked pooling, optional token
+pruning); the fusion is unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import nn
 
 from semimer.models import register_model
 from semimer.models.base import EmotionModel
+from semimer.models.frame import frame_encoder_from_config
 
 
 class MLPEncoder(nn.Sequential):
@@ -23,17 +28,22 @@ class MLPEncoder(nn.Sequential):
 
 @register_model("attention")
 class AttentionFusion(EmotionModel):
-    def __init__(self, dims: dict[str, int], num_classes: int, cfg, **_):
-        super().__init__(dims, num_classes)
+    frame_level = True
+
+    def __init__(self, dims: dict[str, int], num_classes: int, cfg, levels: dict[str, str] | None = None, **_):
+        super().__init__(dims, num_classes, levels)
         h = cfg.hidden
-        self.encoders = nn.ModuleDict({m: MLPEncoder(d, h, cfg.dropout) for m, d in dims.items()})
+        self.encoders = nn.ModuleDict({
+            m: frame_encoder_from_config(m, d, h, cfg) if self.levels[m] == "frame" else MLPEncoder(d, h, cfg.dropout)
+            for m, d in dims.items()})
         self.attention = nn.Sequential(nn.Linear(h * len(dims), h), nn.Tanh(), nn.Linear(h, len(dims), bias=False))
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(h, num_classes)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
         batch = self.standardizer(batch)
-        hs = torch.stack([self.encoders[m](batch[m]) for m in self.modalities], dim=1)  # (B, M, h)
+        hs = torch.stack([self.encode(m, batch) for m in self.modalities], dim=1)  # (B, M, h)
         alpha = torch.softmax(self.attention(hs.flatten(1)), dim=-1)  # (B, M)
         fused = (alpha.unsqueeze(-1) * hs).sum(dim=1)
         logits = self.classifier(self.dropout(fused))

@@ -1,8 +1,10 @@
 """What every emotion model offers the trainer, and the pieces they share.
 
-Batches are ``dict[str, Tensor]``: one ``(B, D)`` tensor per modality (utterance level). Frame-level
-inputs will arrive as ``(B, T, D)`` plus a ``"<modality>_mask"`` ``(B, T)`` bool tensor (True = valid):
-models that support them say so with ``frame_level = True``.
+Batches are ``dict[str, Tensor]``: one ``(B, D)`` tensor per utterance-level modality; a frame-level
+modality arrives as ``(B, T, D)`` plus a ``"<modality>_mask"`` ``(B, T)`` bool tensor (True = valid
+frame; see :mod:`semimer.ragged`). Which modalities are frame level is fixed at construction
+(``levels``) and saved with the weights; models that accept frame-level inputs say so with
+``frame_level = True``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from semimer.ragged import MASK_SUFFIX, Ragged
+
+LEVELS = ("utt", "frame")
 
 
 class Standardizer(nn.Module):
@@ -33,11 +39,20 @@ class Standardizer(nn.Module):
     @torch.no_grad()
     def fit_stream(self, chunks, rows_per_step: int = 4096) -> None:
         """Mean and (population) std from an iterable of feature dicts, accumulated in float64
-        over row blocks, so a large sample never needs a float64 copy of itself."""
+        over row blocks, so a large sample never needs a float64 copy of itself.
+
+        Frame-level modalities contribute their valid frames only: a :class:`~semimer.ragged.Ragged`
+        holds no padding, and a padded ``(B, T, D)`` tensor is reduced to the rows of its
+        ``<m>_mask`` (statistics are per frame, so long clips weigh more)."""
         acc = {m: [0, 0.0, 0.0] for m in self.modalities}  # n, sum, sum of squares
         for feats in chunks:
             for m in self.modalities:
-                x = feats[m].reshape(-1, feats[m].shape[-1])
+                x = feats[m]
+                if isinstance(x, Ragged):
+                    x = x.flat
+                elif m + MASK_SUFFIX in feats:
+                    x = x[feats[m + MASK_SUFFIX]]
+                x = x.reshape(-1, x.shape[-1])
                 for s in range(0, len(x), rows_per_step):
                     b = x[s:s + rows_per_step].double()
                     acc[m][0] += len(b)
@@ -53,9 +68,12 @@ class Standardizer(nn.Module):
             getattr(self, f"{m}_std").copy_(std.float())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Standardised copy of ``batch``; padded frames (mask False) stay exactly zero."""
         out = dict(batch)
         for m in self.modalities:
-            out[m] = (batch[m] - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
+            x = (batch[m] - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
+            mask = batch.get(m + MASK_SUFFIX)
+            out[m] = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
         return out
 
 
@@ -76,12 +94,43 @@ class EmotionModel(nn.Module):
 
     frame_level = False
 
-    def __init__(self, dims: dict[str, int], num_classes: int):
+    def __init__(self, dims: dict[str, int], num_classes: int, levels: dict[str, str] | None = None):
         super().__init__()
         self.dims = dict(dims)
         self.modalities = list(dims)
         self.num_classes = num_classes
+        levels = dict(levels or {})
+        unknown = set(levels) - set(dims)
+        if unknown:
+            raise ValueError(f"levels given for modalities {sorted(unknown)} without dims")
+        self.levels = {m: levels.get(m, "utt") for m in dims}
+        bad = {m: lv for m, lv in self.levels.items() if lv not in LEVELS}
+        if bad:
+            raise ValueError(f"feature levels must be 'utt' or 'frame', got {bad}")
+        if "frame" in self.levels.values() and not self.frame_level:
+            raise ValueError(f"model {getattr(self, 'registry_name', type(self).__name__)!r} takes utterance-level "
+                             f"features only, but {[m for m, lv in self.levels.items() if lv == 'frame']} are frame level")
         self.standardizer = Standardizer(dims)
+
+    def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Shapes match the model's levels: ``(B, D)`` or ``(B, T, D)`` + ``<m>_mask``."""
+        for m in self.modalities:
+            x = batch.get(m)
+            if x is None:
+                raise ValueError(f"batch has no {m!r} features (model inputs: {', '.join(self.modalities)})")
+            want = 2 if self.levels[m] == "utt" else 3
+            if x.dim() != want or x.shape[-1] != self.dims[m]:
+                raise ValueError(f"{m} features have shape {tuple(x.shape)}, expected "
+                                 f"{'(B, %d)' % self.dims[m] if want == 2 else '(B, T, %d)' % self.dims[m]} "
+                                 f"({self.levels[m]} level)")
+            if want == 3 and m + MASK_SUFFIX not in batch:
+                raise ValueError(f"frame-level {m} features need a {m + MASK_SUFFIX!r} (B, T) mask")
+
+    def encode(self, m: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``self.encoders[m]`` on modality ``m`` of a standardised batch (with its mask at frame level)."""
+        if self.levels[m] == "frame":
+            return self.encoders[m](batch[m], batch[m + MASK_SUFFIX])
+        return self.encoders[m](batch[m])
 
     def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         out = self(batch)

@@ -20,8 +20,11 @@ per modality, one timestep per clip, applied to standardised inputs). Pre-traini
 
 Every layer acts on one clip at a time (LayerNorm, no BatchNorm, no attention across the batch), so
 a clip's prediction never depends on which clips share its batch (the published fragment fed
-``(B, 1, D)`` to a non-batch-first transformer and mixed clips). Utterance-level inputs ``(B, D)``;
-the frame-level seam is ``frame_level`` + ``<modality>_mask`` inputs (see :mod:`semimer.models.base`).
+``(B, 1, D)`` to a non-batch-first transformer and mixed clips). Utterance-level inputs ``(B, D)``
+use :class:`ResidualEncoder`; frame-level inputs ``(B, T, D)`` + ``<modality>_mask`` use a
+batch-first :class:`~semimer.models.frame.FrameEncoder` (masked attention, masked pooling, optional
+token pruning), whose pooled output plays the role of ``E_m(x_m)``. The noisy view perturbs every
+frame of a clip with the clip's one timestep; padded frames stay zero.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from torch import nn
 from semimer.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
 from semimer.models import register_model
 from semimer.models.base import EmotionModel, mlp_head
+from semimer.models.frame import frame_encoder_from_config
+from semimer.ragged import MASK_SUFFIX
 
 HEADS = ("audio", "text", "video", "fusion")
 
@@ -55,11 +60,16 @@ class ResidualEncoder(nn.Module):
 
 @register_model("mrccl")
 class MRCCL(EmotionModel):
-    def __init__(self, dims: dict[str, int], num_classes: int, cfg, noise_cfg=None, **_):
-        super().__init__(dims, num_classes)
+    frame_level = True
+
+    def __init__(self, dims: dict[str, int], num_classes: int, cfg, noise_cfg=None,
+                 levels: dict[str, str] | None = None, **_):
+        super().__init__(dims, num_classes, levels)
         d = cfg.hidden
         self.cfg = cfg
-        self.encoders = nn.ModuleDict({m: ResidualEncoder(D, d, cfg.dropout) for m, D in dims.items()})
+        self.encoders = nn.ModuleDict({
+            m: frame_encoder_from_config(m, D, d, cfg) if self.levels[m] == "frame" else ResidualEncoder(D, d, cfg.dropout)
+            for m, D in dims.items()})
         self.to_shared = nn.ModuleDict({m: nn.Linear(d, d) for m in dims})  # W_m
         self.combinatorial = nn.ModuleDict({m: nn.Linear(d, 2 * d) for m in dims})  # U_m
         self.heads = nn.ModuleDict({m: mlp_head(d, cfg.head_hidden, num_classes, cfg.dropout) for m in dims})
@@ -89,7 +99,7 @@ class MRCCL(EmotionModel):
 
     def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``h_m`` for standardised inputs."""
-        return {m: self.to_shared[m](self.encoders[m](batch[m])) for m in self.modalities}
+        return {m: self.to_shared[m](self.encode(m, batch)) for m in self.modalities}
 
     def vote(self, head_logits: dict[str, torch.Tensor]) -> torch.Tensor:
         """Voted class probabilities ``(B, K)``."""
@@ -108,10 +118,16 @@ class MRCCL(EmotionModel):
                 "logits": torch.log(probs.clamp_min(1e-12))}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        self.check_batch(batch)
         return self._forward_std(self.standardizer(batch))
 
     def _noisy(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: self.noise[m].add_noise(x[m]) for m in self.modalities}
+        out = dict(x)  # masks carried over
+        for m in self.modalities:
+            noisy = self.noise[m].add_noise(x[m])
+            mask = x.get(m + MASK_SUFFIX)
+            out[m] = noisy if mask is None else noisy * mask.unsqueeze(-1).to(noisy.dtype)
+        return out
 
     def _contrastive(self, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor], use_modal: bool,
                      use_noise: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -127,6 +143,7 @@ class MRCCL(EmotionModel):
         return terms, parts
 
     def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        self.check_batch(batch)
         x = self.standardizer(batch)
         out = self._forward_std(x)
         fused = F.nll_loss(out["logits"], y)
@@ -143,6 +160,7 @@ class MRCCL(EmotionModel):
 
     def contrastive_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """``L_modal + L_noise`` without labels (contrastive pre-training)."""
+        self.check_batch(batch)
         x = self.standardizer(batch)
         h = self.embed(x)
         terms, parts = self._contrastive(x, h, self.cfg.use_modal, self.cfg.use_noise)

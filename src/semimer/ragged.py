@@ -1,0 +1,172 @@
+"""Frame-level features in memory: variable-length ``(T_i, D)`` clips kept back to back.
+
+:class:`Ragged` holds ``flat`` ``(sum_i T_i, D)`` and ``offsets`` ``(N + 1,)`` (like the packed store
+on disk), so a training set never pays for padding; a batch is padded only to its own longest clip
+(:meth:`Ragged.pad`) and carries a ``(B, T)`` bool mask (True = valid frame).
+
+Batches are formed by length buckets (:func:`length_bucketed_batches`): the shuffled clips are cut
+into pools of ``bucket`` batches, each pool is sorted by length and cut into batches, and the batches
+are shuffled — clips in one batch have similar lengths (little padding) while the order stays random
+from epoch to epoch. Everything is seeded by the caller's generator.
+
+Feature dicts (modality -> tensor or :class:`Ragged`) flow through the trainer; :func:`collate` turns
+one into the model's input: ``batch[m]`` ``(B, T, D)`` plus ``batch[m + "_mask"]`` ``(B, T)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+MASK_SUFFIX = "_mask"
+
+
+class Ragged:
+    """``N`` clips of shape ``(T_i, D)`` as ``flat`` ``(sum T_i, D)`` + ``offsets`` ``(N + 1,)``."""
+
+    def __init__(self, flat: torch.Tensor, offsets: torch.Tensor):
+        if flat.dim() != 2:
+            raise ValueError(f"Ragged.flat must be (rows, D), got {tuple(flat.shape)}")
+        offsets = offsets.to(device=flat.device, dtype=torch.long)
+        if offsets.dim() != 1 or len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(flat):
+            raise ValueError("Ragged.offsets must start at 0 and end at the number of rows")
+        self.flat = flat
+        self.offsets = offsets
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], device: torch.device | str = "cpu", dim: int | None = None) -> "Ragged":
+        if not len(arrays):
+            if dim is None:
+                raise ValueError("an empty Ragged needs its feature dim")
+            return cls(torch.zeros(0, dim, device=device), torch.zeros(1, dtype=torch.long))
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        if (lengths == 0).any():
+            raise ValueError(f"clip {int(np.flatnonzero(lengths == 0)[0])} has zero frames")
+        flat = torch.as_tensor(np.concatenate(arrays, axis=0), dtype=torch.float32, device=device)
+        offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long)
+        return cls(flat, offsets)
+
+    # -- shape --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def dim(self) -> int:
+        return self.flat.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __repr__(self) -> str:
+        return f"Ragged(n={len(self)}, dim={self.dim}, frames={len(self.flat)})"
+
+    def to(self, device) -> "Ragged":
+        return Ragged(self.flat.to(device), self.offsets.to(device))
+
+    # -- selection ----------------------------------------------------------------------------
+    def __getitem__(self, idx) -> "Ragged":
+        """Clips ``idx`` (slice, int sequence, int tensor; repeats allowed) as a new Ragged."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self), device=self.device)[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        lengths = self.lengths[idx]
+        starts = self.offsets[idx]
+        new_offsets = torch.zeros(len(idx) + 1, dtype=torch.long, device=self.device)
+        torch.cumsum(lengths, 0, out=new_offsets[1:])
+        total = int(new_offsets[-1])
+        # row r of the result comes from starts[clip(r)] + (r - new_offsets[clip(r)])
+        clip = torch.repeat_interleave(torch.arange(len(idx), device=self.device), lengths, output_size=total)
+        rows = starts[clip] + torch.arange(total, device=self.device) - new_offsets[clip]
+        return Ragged(self.flat[rows], new_offsets)
+
+    def clip(self, i: int) -> torch.Tensor:
+        return self.flat[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    @staticmethod
+    def cat(parts: Sequence["Ragged"]) -> "Ragged":
+        flat = torch.cat([p.flat for p in parts])
+        lengths = torch.cat([p.lengths for p in parts])
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long, device=flat.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        return Ragged(flat, offsets)
+
+    # -- padding ------------------------------------------------------------------------------
+    def pad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x (N, T_max, D), mask (N, T_max))``; padded frames are zeros, mask False."""
+        n, lengths = len(self), self.lengths
+        t_max = int(lengths.max()) if n else 0
+        mask = torch.arange(t_max, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
+        x = self.flat.new_zeros(n, t_max, self.dim)
+        x[mask] = self.flat  # row-major order of the mask = clip by clip, frame by frame
+        return x, mask
+
+
+def is_frame(x) -> bool:
+    return isinstance(x, Ragged)
+
+
+def n_items(feats: dict) -> int:
+    return len(next(iter(feats.values())))
+
+
+def concat(a: dict, b: dict) -> dict:
+    """Clip-wise concatenation of two feature dicts (tensors or Ragged per modality)."""
+    return {m: Ragged.cat([a[m], b[m]]) if is_frame(a[m]) else torch.cat([a[m], b[m]]) for m in a}
+
+
+def collate(feats: dict) -> dict[str, torch.Tensor]:
+    """A model batch: tensors unchanged, each Ragged padded with its ``<m>_mask``."""
+    out = {}
+    for m, x in feats.items():
+        if is_frame(x):
+            out[m], out[m + MASK_SUFFIX] = x.pad()
+        else:
+            out[m] = x
+    return out
+
+
+def clip_lengths(feats: dict) -> np.ndarray | None:
+    """Per clip, the sum of its frame counts over frame-level modalities (None if none is)."""
+    frame = [x.lengths for x in feats.values() if is_frame(x)]
+    if not frame:
+        return None
+    return torch.stack(frame).sum(0).cpu().numpy()
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
+                            bucket: int = 50) -> list[np.ndarray]:
+    """Seeded batches of similar-length clips (see module docstring); every clip exactly once."""
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).numpy()
+    pool = batch_size * bucket
+    batches = []
+    for s in range(0, n, pool):
+        chunk = perm[s:s + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+def inference_batches(lengths: np.ndarray | None, n: int, batch_size: int, max_frames: int) -> list[np.ndarray]:
+    """Deterministic inference batches: utterance level in order; frame level sorted by length and
+    sized so that ``batch * longest clip <= max_frames`` (at least one clip per batch)."""
+    if lengths is None:
+        return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    order = np.argsort(lengths, kind="stable")
+    batches, s = [], 0
+    while s < n:
+        # sorted ascending: the last clip of a batch is its longest
+        b = 1
+        while s + b < n and b < batch_size and (b + 1) * lengths[order[s + b]] <= max_frames:
+            b += 1
+        batches.append(order[s:s + b])
+        s += b
+    return batches
