@@ -216,3 +216,38 @@ def test_errors(trained, tmp_path, capsys):
     assert main(["predict", str(trained["videos"]), "--run", str(trained["run"]), "--transcript", "x"]) == 1
     assert "--transcripts CSV" in capsys.readouterr().err
 
+
+
+def test_frame_level_run_predicts_a_new_clip_by_re_extraction(trained, tmp_path, capsys):
+    """A run on frame-level log-mels (T, 32) + utterance video: `semimer predict` re-extracts the
+    frames from the video file and gives the probabilities of the stored (T, D) features."""
+    import torch
+
+    from semimer.checkpoint import load_model
+    from semimer.data.store import open_store
+    from semimer.predict import load_ensemble, predict_features
+    from semimer.ragged import Ragged, collate
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    assert main(["extract", str(trained["videos"]), "--out", str(data), "--audio", "logmel:n_mels=16,level=frame",
+                 "--no-progress"]) == 0
+    audio = "logmel16-FRA"
+    assert open_store(data, audio).level == "frame"
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--audio", audio, "--video", VIDEO, "--text", "none", "--out", str(run),
+                 f"data.classes=[{','.join(CLASSES)}]", "train.epochs=2", "train.folds=2", "train.progress=false",
+                 "model.hidden=16", "model.head_hidden=8", "model.frame_heads=2", "model.keep_rate=0.5",
+                 "model.prune_from_layer=0"]) == 0
+    assert read_json(run / "features.json")["audio"]["level"] == "frame"
+    capsys.readouterr()
+    assert main(["predict", str(trained["videos"] / "c5.mp4"), "--run", str(run), "--json", "--device", "cpu"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    got = np.array([rec["probabilities"][c] for c in CLASSES])
+    stored = {"audio": [open_store(data, audio).get("c5")], "video": open_store(data, VIDEO).get("c5")[None]}
+    np.testing.assert_allclose(got, predict_features(load_ensemble(run), stored)[0], atol=1e-5)
+    # independent of semimer.predict: the two fold models on the padded batch, averaged
+    batch = collate({"audio": Ragged.from_arrays(stored["audio"]), "video": torch.as_tensor(stored["video"])})
+    with torch.no_grad():
+        folds = [load_model(run / f"fold_{k}")[0](batch)["probs"].numpy()[0] for k in range(2)]
+    np.testing.assert_allclose(got, np.mean(folds, axis=0), atol=1e-5)

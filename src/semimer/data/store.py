@@ -209,7 +209,7 @@ class PackedStore(FeatureStore):
 
     def get_many(self, names: Sequence[str]):
         if self.level != "utt":
-            return super().get_many(names)
+            return self._get_many_frames(names)
         missing = [n for n in names if n not in self._index]
         if missing:
             self.get(missing[0])  # raises the standard message
@@ -222,6 +222,23 @@ class PackedStore(FeatureStore):
         if bad.any():
             name = names[int(np.flatnonzero(bad)[0])]
             self._check(name, out[int(np.flatnonzero(bad)[0])])
+        return out
+
+
+    def _get_many_frames(self, names: Sequence[str]) -> list[np.ndarray]:
+        """Frame level: clips read in file order (sequential I/O), returned in ``names`` order,
+        each checked; mapped pages released afterwards like the utterance path."""
+        missing = [n for n in names if n not in self._index]
+        if missing:
+            self.get(missing[0])  # raises the standard message
+        idx = np.fromiter((self._index[n] for n in names), dtype=np.int64, count=len(names))
+        out: list[np.ndarray | None] = [None] * len(names)
+        for j in np.argsort(idx, kind="stable"):
+            i = idx[j]
+            arr = np.array(self.data[self.offsets[i]:self.offsets[i + 1]], dtype=np.float32)
+            self._check(names[j], arr)
+            out[j] = arr
+        self._release_pages()
         return out
 
 
