@@ -318,3 +318,14 @@ def test_recipe_runs_on_frame_features_with_pruning(frame_data, tmp_path):
     assert (run / "pretrain" / "model.safetensors").is_file()
     assert json.loads((run / "round_0" / "fold_0" / "model.json").read_text())["levels"]["audio"] == "frame"
     assert "test" in json.dumps(summary)
+
+
+@pytest.mark.parametrize("override,msg", [("model.keep_rate=0", "keep_rate"), ("model.keep_rate=1.2", "keep_rate"),
+                                          ("model.prune_from_layer=5", "prune_from_layer"),
+                                          ("model.frame_encoder=lstm", "frame_encoder"),
+                                          ("model.prune_modalities=[speech]", "prune_modalities")])
+def test_config_rejects_bad_frame_settings(override, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_config(None, [override])
+    with pytest.raises(ValueError, match="attention weights"):
+        load_config(None, ["model.frame_encoder=pool", "model.keep_rate=0.5"])

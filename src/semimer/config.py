@@ -146,7 +146,28 @@ def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str]
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         except Exception as exc:  # omegaconf's ConfigKeyError / ValidationError
             raise ValueError(f"bad override: {exc}") from exc
-    return OmegaConf.to_object(cfg)
+    out = OmegaConf.to_object(cfg)
+    validate(out)
+    return out
+
+
+def validate(cfg: RunConfig) -> None:
+    """Errors for settings that are wrong whatever the data (checked before any work starts)."""
+    m = cfg.model
+    if not 0.0 < float(m.keep_rate) <= 1.0:
+        raise ValueError(f"model.keep_rate must be in (0, 1] (1 = no token pruning), got {m.keep_rate}")
+    if m.frame_encoder not in ("transformer", "pool"):
+        raise ValueError(f"model.frame_encoder must be transformer or pool, got {m.frame_encoder!r}")
+    if m.frame_pool not in ("mean", "attention"):
+        raise ValueError(f"model.frame_pool must be mean or attention, got {m.frame_pool!r}")
+    if m.keep_rate < 1.0 and m.frame_encoder != "transformer":
+        raise ValueError("token pruning (model.keep_rate < 1) needs attention weights: set model.frame_encoder=transformer")
+    if m.frame_layers < 1 or not 0 <= m.prune_from_layer <= m.frame_layers:
+        raise ValueError(f"model.prune_from_layer must be in [0, model.frame_layers={m.frame_layers}], "
+                         f"got {m.prune_from_layer}")
+    bad = set(m.prune_modalities) - {"audio", "text", "video"}
+    if bad:
+        raise ValueError(f"model.prune_modalities has unknown modalities {sorted(bad)}; valid: audio, text, video")
 
 
 def to_yaml(cfg: RunConfig) -> str:
