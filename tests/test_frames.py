@@ -281,13 +281,38 @@ FEATS = ["data.audio=audio-FRA", "data.video=video-FRA"]
 
 
 @pytest.mark.parametrize("prefer", ["npy", "packed"])
-def test_cv_on_frame_features_and_predict_from_stores(frame_data, tmp_path, prefer):
+def test_stored_frames_read_per_batch_equal_frames_in_memory(frame_data, prefer):
+    from semimer.ragged import Ragged, StoredFrames, load_features
+
+    ds, _ = frame_data
+    data = load_dataset(ds, {"audio": "audio-FRA", "text": "text-UTT"}, prefer=prefer)
+    names = data.labeled[:30]
+    mem = load_features(data, names, "cpu", "memory")
+    lazy = load_features(data, names, "cpu", "store")
+    assert isinstance(mem["audio"], Ragged) and isinstance(lazy["audio"], StoredFrames)
+    assert lazy["audio"].lengths.tolist() == mem["audio"].lengths.tolist()
+    idx = torch.tensor([5, 0, 5, 29])
+    for a, b in zip(collate(take(mem, idx)).values(), collate(take(lazy, idx)).values()):
+        torch.testing.assert_close(a, b)
+    both = concat(take(lazy, [1, 2]), take(lazy, [3]))
+    assert isinstance(both["audio"], StoredFrames) and list(both["audio"].names) == names[1:4]
+    s1, s2 = Standardizer({"audio": 24}), Standardizer({"audio": 24})
+    s1.fit({"audio": mem["audio"]})
+    s2.fit({"audio": lazy["audio"]})
+    torch.testing.assert_close(s1.audio_std, s2.audio_std)
+    with pytest.raises(ValueError, match="frame_cache"):
+        load_features(data, names, "cpu", "disk")
+
+
+@pytest.mark.parametrize("prefer,cache", [("npy", "memory"), ("packed", "store")])
+def test_cv_on_frame_features_and_predict_from_stores(frame_data, tmp_path, prefer, cache):
     from semimer.cv import run_cv
     from semimer.predict import load_ensemble, predict_clips
 
     ds, _ = frame_data
     cfg = load_config(None, [f"data.root={ds}", f"data.prefer={prefer}", "model.name=attention",
-                             "model.keep_rate=0.7", "model.prune_from_layer=1", *FAST, *FEATS])
+                             f"train.frame_cache={cache}", "model.keep_rate=0.7", "model.prune_from_layer=1",
+                             *FAST, *FEATS])
     data = load_dataset(ds, cfg.data.features(), prefer=prefer)
     res = run_cv(data, cfg, tmp_path / "run")
     assert res.oof_probs.shape == (len(data.labeled), 6) and np.isfinite(res.oof_probs).all()
@@ -329,3 +354,15 @@ def test_config_rejects_bad_frame_settings(override, msg):
         load_config(None, [override])
     with pytest.raises(ValueError, match="attention weights"):
         load_config(None, ["model.frame_encoder=pool", "model.keep_rate=0.5"])
+
+
+def test_cv_gives_the_same_predictions_with_frames_in_memory_or_in_the_store(frame_data, tmp_path):
+    from semimer.cv import run_cv
+
+    ds, _ = frame_data
+    oof = []
+    for cache in ("memory", "store"):
+        cfg = load_config(None, [f"data.root={ds}", "model.name=mrccl", f"train.frame_cache={cache}", *FAST, *FEATS])
+        data = load_dataset(ds, cfg.data.features())
+        oof.append(run_cv(data, cfg, tmp_path / cache, predict_candidates=False).oof_probs)
+    np.testing.assert_allclose(oof[0], oof[1], atol=1e-5)

@@ -83,6 +83,8 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+    # frame-level features of the training set: memory (RAM) | store (read per batch) | auto (RAM up to 4 GiB)
+    frame_cache: str = "auto"
 
 
 @dataclass
@@ -165,6 +167,8 @@ def validate(cfg: RunConfig) -> None:
     if m.frame_layers < 1 or not 0 <= m.prune_from_layer <= m.frame_layers:
         raise ValueError(f"model.prune_from_layer must be in [0, model.frame_layers={m.frame_layers}], "
                          f"got {m.prune_from_layer}")
+    if cfg.train.frame_cache not in ("auto", "memory", "store"):
+        raise ValueError(f"train.frame_cache must be auto, memory or store, got {cfg.train.frame_cache!r}")
     bad = set(m.prune_modalities) - {"audio", "text", "video"}
     if bad:
         raise ValueError(f"model.prune_modalities has unknown modalities {sorted(bad)}; valid: audio, text, video")

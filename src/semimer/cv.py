@@ -45,8 +45,8 @@ from semimer.metrics import fmt, scores, summarise
 from semimer.models import build_model
 from semimer.oversample import oversample_indices
 from semimer.predictions import write_predictions, write_submission
-from semimer.ragged import concat
-from semimer.trainer import FitResult, fit, predict_names, predict_tensors, take, to_tensors
+from semimer.ragged import concat, load_features
+from semimer.trainer import FitResult, fit, predict_names, predict_tensors, take
 from semimer.utils import log, pick_device, seed_everything
 
 
@@ -102,7 +102,7 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
     cfg_text = to_yaml(cfg)
     # what the folds depend on: data, model, noise and training settings (not later stages')
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "noise", "train")}
-    for k in ("progress", "threads", "tensorboard", "eval_batch_size"):  # no effect on results
+    for k in ("progress", "threads", "tensorboard", "eval_batch_size", "frame_cache"):  # no effect on results
         parts["train"].pop(k)
     relevant = json.dumps(parts, sort_keys=True, default=str)
     fingerprint = inputs_fingerprint(relevant + json.dumps(data.summary(), default=str), pseudo, init_state)
@@ -117,13 +117,13 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
     fold = assign_folds(data.labels, tc.folds, tc.seed)
     save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes)
     t0 = time.time()
-    feats = to_tensors(data.features(data.labeled), device, data.dims())
+    feats = load_features(data, data.labeled, device, tc.frame_cache)
     y_all = data.labels
     if pseudo is not None and len(pseudo.names):
         overlap = set(pseudo.names) & set(data.labeled)
         if overlap:
             raise ValueError(f"pseudo-labeled clips overlap the labeled set, e.g. {sorted(overlap)[:3]}")
-        p_feats = to_tensors(data.features(pseudo.names), device, data.dims())
+        p_feats = load_features(data, pseudo.names, device, tc.frame_cache)
         p_y = np.asarray(pseudo.labels, dtype=np.int64)
     else:
         p_feats, p_y = None, np.zeros(0, np.int64)

@@ -11,6 +11,12 @@ from epoch to epoch. Everything is seeded by the caller's generator.
 
 Feature dicts (modality -> tensor or :class:`Ragged`) flow through the trainer; :func:`collate` turns
 one into the model's input: ``batch[m]`` ``(B, T, D)`` plus ``batch[m + "_mask"]`` ``(B, T)``.
+
+When a labeled set's frames do not fit comfortably in RAM (MER2024's 5,030 clips of HuBERT-large
+frames at 50 Hz are ~8 GB in float32), :class:`StoredFrames` stands in for a Ragged: it holds clip
+names and frame counts only and reads each batch from the feature store (a memory-mapped packed
+store makes that a sorted gather). :func:`load_features` picks one or the other
+(``train.frame_cache``).
 """
 
 from __future__ import annotations
@@ -108,17 +114,101 @@ class Ragged:
         return x, mask
 
 
+class StoredFrames:
+    """Frame-level clips left in their feature store: names + frame counts; the same selection
+    interface as :class:`Ragged`, data read on :meth:`pad` / :meth:`materialize`."""
+
+    def __init__(self, store, names: Sequence[str], device: torch.device | str = "cpu",
+                 lengths: np.ndarray | None = None):
+        self.store = store
+        self.names = np.asarray(list(names), dtype=object)
+        self._lengths = np.asarray(store.lengths(list(self.names)) if lengths is None else lengths, dtype=np.int64)
+        self._device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"StoredFrames(n={len(self)}, feature={self.store.feature!r}, frames={int(self._lengths.sum())})"
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.as_tensor(self._lengths)
+
+    def __getitem__(self, idx) -> "StoredFrames":
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        if not isinstance(idx, slice):
+            idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return StoredFrames(self.store, self.names[idx], self._device, self._lengths[idx])
+
+    def materialize(self) -> Ragged:
+        return Ragged.from_arrays(self.store.get_many(list(self.names)), self._device, dim=self.dim)
+
+    def pad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.materialize().pad()
+
+    def iter_chunks(self, clips: int = 1024):
+        """Ragged pieces of at most ``clips`` clips (streamed statistics)."""
+        for s in range(0, len(self), clips):
+            yield self[slice(s, s + clips)].materialize()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._lengths.sum()) * self.dim * 4
+
+
 def is_frame(x) -> bool:
-    return isinstance(x, Ragged)
+    return isinstance(x, (Ragged, StoredFrames))
 
 
 def n_items(feats: dict) -> int:
     return len(next(iter(feats.values())))
 
 
+def _cat_frames(a, b):
+    if isinstance(a, StoredFrames) and isinstance(b, StoredFrames) and a.store is b.store:
+        return StoredFrames(a.store, np.concatenate([a.names, b.names]), a.device,
+                            np.concatenate([a._lengths, b._lengths]))
+    a = a.materialize() if isinstance(a, StoredFrames) else a
+    b = b.materialize() if isinstance(b, StoredFrames) else b
+    return Ragged.cat([a, b])
+
+
 def concat(a: dict, b: dict) -> dict:
-    """Clip-wise concatenation of two feature dicts (tensors or Ragged per modality)."""
-    return {m: Ragged.cat([a[m], b[m]]) if is_frame(a[m]) else torch.cat([a[m], b[m]]) for m in a}
+    """Clip-wise concatenation of two feature dicts (tensors, Ragged or StoredFrames per modality)."""
+    return {m: _cat_frames(a[m], b[m]) if is_frame(a[m]) else torch.cat([a[m], b[m]]) for m in a}
+
+
+FRAME_CACHE_BYTES = 4 * 2**30  # train.frame_cache=auto: frame features above this stay in the store
+
+
+def load_features(data, names: Sequence[str], device, cache: str = "auto") -> dict:
+    """Features of ``names`` for training: utterance level as tensors; frame level as a Ragged in
+    RAM (``cache="memory"``), a :class:`StoredFrames` read per batch (``"store"``), or by size
+    (``"auto"``: in RAM up to :data:`FRAME_CACHE_BYTES` per modality)."""
+    if cache not in ("auto", "memory", "store"):
+        raise ValueError(f"train.frame_cache must be auto, memory or store, not {cache!r}")
+    out = {}
+    names = list(names)
+    for m, store in data.stores.items():
+        if store.level == "frame":
+            lazy = StoredFrames(store, names, device)
+            if cache == "store" or (cache == "auto" and lazy.nbytes > FRAME_CACHE_BYTES):
+                out[m] = lazy
+                continue
+            out[m] = Ragged.from_arrays(store.get_many(names), device, dim=store.dim)
+        else:
+            out[m] = torch.as_tensor(np.ascontiguousarray(store.get_many(names)), dtype=torch.float32, device=device)
+    return out
 
 
 def collate(feats: dict) -> dict[str, torch.Tensor]:

@@ -110,6 +110,12 @@ class FeatureStore:
             return np.stack(arrays) if arrays else np.zeros((0, self.dim), np.float32)
         return arrays
 
+    def lengths(self, names: Sequence[str]) -> np.ndarray:
+        """Frames per clip (1 at utterance level) without reading the data where the format allows."""
+        if self.level == "utt":
+            return np.ones(len(names), dtype=np.int64)
+        return np.array([len(self.get(n)) for n in names], dtype=np.int64)
+
     def extractor_meta(self) -> dict | None:
         """How this feature was extracted (``extractor.json`` written by ``semimer extract``), if known."""
         return None
@@ -149,6 +155,14 @@ class NpyFolderStore(FeatureStore):
     def extractor_meta(self) -> dict | None:
         f = self.path / "extractor.json"
         return read_json(f) if f.is_file() else None
+
+    def lengths(self, names: Sequence[str]) -> np.ndarray:
+        if self.level == "utt":
+            return np.ones(len(names), dtype=np.int64)
+        for n in names:
+            if n not in self._set:
+                self.get(n)  # raises the standard message
+        return np.array([_npy_shape(self.path / f"{n}.npy")[0] for n in names], dtype=np.int64)
 
     def _read(self, name: str) -> np.ndarray:
         f = self.path / f"{name}.npy"
@@ -200,6 +214,13 @@ class PackedStore(FeatureStore):
         mm = getattr(self.data, "_mmap", None)
         if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
+
+    def lengths(self, names: Sequence[str]) -> np.ndarray:
+        missing = [n for n in names if n not in self._index]
+        if missing:
+            self.get(missing[0])  # raises the standard message
+        idx = np.fromiter((self._index[n] for n in names), dtype=np.int64, count=len(names))
+        return (self.offsets[idx + 1] - self.offsets[idx]).astype(np.int64)
 
     def _read(self, name: str) -> np.ndarray:
         i = self._index[name]

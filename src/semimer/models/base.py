@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimer.ragged import MASK_SUFFIX, Ragged
+from semimer.ragged import MASK_SUFFIX, Ragged, StoredFrames
 
 LEVELS = ("utt", "frame")
 
@@ -45,19 +45,27 @@ class Standardizer(nn.Module):
         holds no padding, and a padded ``(B, T, D)`` tensor is reduced to the rows of its
         ``<m>_mask`` (statistics are per frame, so long clips weigh more)."""
         acc = {m: [0, 0.0, 0.0] for m in self.modalities}  # n, sum, sum of squares
+
+        def add(m: str, x: torch.Tensor) -> None:
+            x = x.reshape(-1, x.shape[-1])
+            for s in range(0, len(x), rows_per_step):
+                b = x[s:s + rows_per_step].double()
+                acc[m][0] += len(b)
+                acc[m][1] = acc[m][1] + b.sum(0)
+                acc[m][2] = acc[m][2] + (b * b).sum(0)
+
         for feats in chunks:
             for m in self.modalities:
                 x = feats[m]
+                if isinstance(x, StoredFrames):
+                    for part in x.iter_chunks():
+                        add(m, part.flat)
+                    continue
                 if isinstance(x, Ragged):
                     x = x.flat
                 elif m + MASK_SUFFIX in feats:
                     x = x[feats[m + MASK_SUFFIX]]
-                x = x.reshape(-1, x.shape[-1])
-                for s in range(0, len(x), rows_per_step):
-                    b = x[s:s + rows_per_step].double()
-                    acc[m][0] += len(b)
-                    acc[m][1] = acc[m][1] + b.sum(0)
-                    acc[m][2] = acc[m][2] + (b * b).sum(0)
+                add(m, x)
         for m, (n, s1, s2) in acc.items():
             if n == 0:
                 raise ValueError(f"no rows to fit the {m} standardiser on")
