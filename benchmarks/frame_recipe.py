@@ -11,7 +11,9 @@ two run at once on a 2-core machine):
 
 * ``unpruned``: frame transformer encoders, ``model.keep_rate=1``;
 * ``pruned r=<r> l0=<l>``: the audio encoder keeps ``ceil(r * N)`` frames after every block
-  ``i >= l0`` (``--keep-rate``, ``--prune-from-layer``; several values allowed).
+  ``i >= l0`` (``--keep-rate``, ``--prune-from-layer``; several values allowed);
+* ``attention baseline``: ``semimer train --model attention`` with the same frame encoders
+  (``--no-baseline`` skips it); its "round0" and "final" columns are its CV.
 
 Every setting shares ``--common`` overrides (default ``model.hidden=128``). Prints a table and
 writes ``benchmarks/results/frame_recipe.json``. ``--quick``: 2 folds, 3 epochs, pre-training 1
@@ -52,6 +54,26 @@ def run_setting(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict
             "pretrain_clips_per_s": json.loads(pre.read_text()).get("clips_per_s") if pre.is_file() else None}
 
 
+def run_baseline(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict:
+    """The attention baseline (same frame encoders, no pre-training / MR-CCL / self-training)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "semimer", "train", "--data", str(ds), *FEATURES, "--model", "attention",
+           "--out", str(out), "train.progress=false", "train.threads=1", *overrides]
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall = time.time() - t
+    m = json.loads((out / "metrics.json").read_text())
+    ev = subprocess.run([sys.executable, "-m", "semimer", "evaluate", str(out / "predictions.csv"), str(labels), "--json"],
+                        check=True, capture_output=True, text=True, env=env).stdout
+    test = json.loads(ev)
+    return {"wall_seconds": round(wall, 1), "final": {"cv_waf": m["cv"]["waf"], "oof_waf": m["oof"]["waf"],
+                                                      "test": {"waf": test["waf"], "accuracy": test["accuracy"]}},
+            "round_0": {"cv_waf": m["cv"]["waf"], "train_clips_per_s": m.get("train_clips_per_s"),
+                        "test": {"waf": test["waf"]}}, "pretrain_clips_per_s": None}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "frames"))
@@ -61,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-baseline", action="store_true", help="skip the attention baseline (semimer train)")
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="run only the baseline and add it to this seed's existing results JSON")
     args = ap.parse_args(argv)
     from semimer.io import write_json
     from semimer.synth import generate
@@ -78,23 +103,31 @@ def main(argv=None) -> int:
     for r in args.keep_rate:
         for l0 in args.prune_from_layer:
             settings[f"pruned r={r} l0={l0}"] = [f"model.keep_rate={r}", f"model.prune_from_layer={l0}"]
+    name = "frame_recipe_quick.json" if args.quick else f"frame_recipe_seed{args.seed}.json"
+    previous = {}
+    if args.baseline_only:
+        settings = {}
+        previous = json.loads((ROOT / "benchmarks" / "results" / name).read_text())["results"]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {name: pool.submit(run_setting, ds, labels, work / "runs" / name.replace(" ", "_").replace("=", ""),
                                      common + over) for name, over in settings.items()}
-        results = {name: f.result() for name, f in futures.items()}
+        if not args.no_baseline:
+            futures["attention baseline"] = pool.submit(run_baseline, ds, labels, work / "runs" / "baseline", common)
+        results = {**previous, **{k: f.result() for k, f in futures.items()}}
     print(f"{'setting':<22} {'round0 CV':>12} {'r0 test':>7} {'final CV':>14} {'OOF':>7} {'test':>7} {'train c/s':>10} "
           f"{'pretrain c/s':>13} {'wall min':>9}")
     nan = float("nan")
-    for name, r in results.items():
+    for label, r in results.items():
         f, cv0 = r["final"], r["round_0"]["cv_waf"]
         test = (f.get("test") or {}).get("waf", nan)
         test0 = (r["round_0"].get("test") or {}).get("waf", nan)
-        print(f"{name:<22} {100 * cv0['mean']:6.2f}±{100 * cv0['std']:4.2f} {100 * test0:7.2f} "
+        print(f"{label:<22} {100 * cv0['mean']:6.2f}±{100 * cv0['std']:4.2f} {100 * test0:7.2f} "
               f"{100 * f['cv_waf']['mean']:8.2f}±{100 * f['cv_waf']['std']:4.2f} "
               f"{100 * f['oof_waf']:7.2f} {100 * test:7.2f} "
               f"{r['round_0']['train_clips_per_s'] or float('nan'):10.1f} {r['pretrain_clips_per_s'] or float('nan'):13.1f} "
               f"{r['wall_seconds'] / 60:9.1f}")
-    name = "frame_recipe_quick.json" if args.quick else f"frame_recipe_seed{args.seed}.json"
+    if args.baseline_only:
+        settings = json.loads((ROOT / "benchmarks" / "results" / name).read_text())["settings"]
     write_json(ROOT / "benchmarks" / "results" / name,
                {"preset": "frames", "seed": args.seed, "common_overrides": common, "settings": settings,
                 "results": results, "jobs": args.jobs,
