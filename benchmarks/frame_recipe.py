@@ -35,15 +35,23 @@ ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["--audio", "audio-FRA", "--video", "video-FRA", "--text", "text-UTT"]
 
 
-def run_setting(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "semimer", "recipe", "--data", str(ds), *FEATURES, "--out", str(out),
-           "--test-labels", str(labels), "train.progress=false", "train.threads=1", *overrides]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def semimer(command: str, ds: Path, out: Path, args: list[str]) -> float:
+    """``semimer <command>`` on ``ds`` into ``out`` (log beside it, one thread); wall seconds.
+    ``args``: options first, then key=value overrides."""
+    cmd = [sys.executable, "-m", "semimer", command, "--data", str(ds), *FEATURES, "--out", str(out), *args,
+           "train.progress=false", "train.threads=1"]
     out.mkdir(parents=True, exist_ok=True)
     t = time.time()
     with open(out.parent / f"{out.name}.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wall = time.time() - t
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    return time.time() - t
+
+
+def run_setting(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict:
+    wall = semimer("recipe", ds, out, ["--test-labels", str(labels), *overrides])
     m = json.loads((out / "metrics.json").read_text())
     r0 = json.loads((out / "round_0" / "metrics.json").read_text())
     pre = out / "pretrain" / "pretrain.json"
@@ -56,17 +64,10 @@ def run_setting(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict
 
 def run_baseline(ds: Path, labels: Path, out: Path, overrides: list[str]) -> dict:
     """The attention baseline (same frame encoders, no pre-training / MR-CCL / self-training)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "semimer", "train", "--data", str(ds), *FEATURES, "--model", "attention",
-           "--out", str(out), "train.progress=false", "train.threads=1", *overrides]
-    out.mkdir(parents=True, exist_ok=True)
-    t = time.time()
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    wall = time.time() - t
+    wall = semimer("train", ds, out, ["--model", "attention", *overrides])
     m = json.loads((out / "metrics.json").read_text())
     ev = subprocess.run([sys.executable, "-m", "semimer", "evaluate", str(out / "predictions.csv"), str(labels), "--json"],
-                        check=True, capture_output=True, text=True, env=env).stdout
+                        check=True, capture_output=True, text=True, env=ENV).stdout
     test = json.loads(ev)
     return {"wall_seconds": round(wall, 1), "final": {"cv_waf": m["cv"]["waf"], "oof_waf": m["oof"]["waf"],
                                                       "test": {"waf": test["waf"], "accuracy": test["accuracy"]}},

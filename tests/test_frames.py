@@ -18,7 +18,7 @@ from semimer.models.base import Standardizer
 from semimer.models.frame import FrameEncoder, sinusoid
 from semimer.ragged import (Ragged, collate, concat, inference_batches, length_bucketed_batches)
 from semimer.synth import feature_names, generate, PRESETS
-from semimer.trainer import predict_tensors, take, to_tensors
+from semimer.trainer import predict_tensors, take
 
 RNG = np.random.default_rng(0)
 

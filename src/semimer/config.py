@@ -155,13 +155,15 @@ def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str]
 
 def validate(cfg: RunConfig) -> None:
     """Errors for settings that are wrong whatever the data (checked before any work starts)."""
+    from semimer.models.frame import ENCODERS, POOLS
+
     m = cfg.model
     if not 0.0 < float(m.keep_rate) <= 1.0:
         raise ValueError(f"model.keep_rate must be in (0, 1] (1 = no token pruning), got {m.keep_rate}")
-    if m.frame_encoder not in ("transformer", "pool"):
-        raise ValueError(f"model.frame_encoder must be transformer or pool, got {m.frame_encoder!r}")
-    if m.frame_pool not in ("mean", "attention"):
-        raise ValueError(f"model.frame_pool must be mean or attention, got {m.frame_pool!r}")
+    if m.frame_encoder not in ENCODERS:
+        raise ValueError(f"model.frame_encoder must be one of {ENCODERS}, got {m.frame_encoder!r}")
+    if m.frame_pool not in POOLS:
+        raise ValueError(f"model.frame_pool must be one of {POOLS}, got {m.frame_pool!r}")
     if m.keep_rate < 1.0 and m.frame_encoder != "transformer":
         raise ValueError("token pruning (model.keep_rate < 1) needs attention weights: set model.frame_encoder=transformer")
     if m.frame_layers < 1 or not 0 <= m.prune_from_layer <= m.frame_layers:

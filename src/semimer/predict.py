@@ -168,7 +168,8 @@ def predict_features(ensemble: Ensemble, feats: Mapping[str, Any], batch_size: i
     probabilities. ``feats`` maps each of the run's modalities to raw features (the models
     standardise their inputs themselves): utterance level an ``(N, D)`` array (or one ``(D,)``
     clip); frame level a list of ``N`` ``(T_i, D)`` arrays (or one ``(T, D)`` clip)."""
-    from semimer.trainer import predict_tensors, to_tensors
+    from semimer.ragged import to_tensors
+    from semimer.trainer import predict_tensors
 
     missing = [m for m in ensemble.modalities if m not in feats]
     if missing:

@@ -27,8 +27,8 @@ from semimer.config import RunConfig
 from semimer.data.layout import MERData
 from semimer.io import read_json, write_json
 from semimer.models import build_model
-from semimer.ragged import collate
-from semimer.trainer import take, to_tensors, train_batches
+from semimer.ragged import collate, to_tensors
+from semimer.trainer import take, train_batches
 from semimer.utils import log, peak_rss_mb, pick_device, seed_everything
 
 CHUNK = 8192

@@ -188,6 +188,18 @@ def concat(a: dict, b: dict) -> dict:
     return {m: _cat_frames(a[m], b[m]) if is_frame(a[m]) else torch.cat([a[m], b[m]]) for m in a}
 
 
+def to_tensors(feats: dict, device, dims: dict[str, int] | None = None) -> dict:
+    """Arrays from :meth:`MERData.features` to tensors: ``(N, D)`` arrays to tensors, lists of
+    ``(T, D)`` arrays (frame level) to :class:`Ragged`."""
+    out = {}
+    for m, x in feats.items():
+        if isinstance(x, (list, tuple)):
+            out[m] = Ragged.from_arrays(x, device, dim=(dims or {}).get(m))
+        else:
+            out[m] = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
+    return out
+
+
 FRAME_CACHE_BYTES = 4 * 2**30  # train.frame_cache=auto: frame features above this stay in the store
 
 
@@ -197,18 +209,16 @@ def load_features(data, names: Sequence[str], device, cache: str = "auto") -> di
     (``"auto"``: in RAM up to :data:`FRAME_CACHE_BYTES` per modality)."""
     if cache not in ("auto", "memory", "store"):
         raise ValueError(f"train.frame_cache must be auto, memory or store, not {cache!r}")
-    out = {}
     names = list(names)
+    lazy = {}
     for m, store in data.stores.items():
         if store.level == "frame":
-            lazy = StoredFrames(store, names, device)
-            if cache == "store" or (cache == "auto" and lazy.nbytes > FRAME_CACHE_BYTES):
-                out[m] = lazy
-                continue
-            out[m] = Ragged.from_arrays(store.get_many(names), device, dim=store.dim)
-        else:
-            out[m] = torch.as_tensor(np.ascontiguousarray(store.get_many(names)), dtype=torch.float32, device=device)
-    return out
+            frames = StoredFrames(store, names, device)
+            if cache == "store" or (cache == "auto" and frames.nbytes > FRAME_CACHE_BYTES):
+                lazy[m] = frames
+    in_ram = {m: s.get_many(names) for m, s in data.stores.items() if m not in lazy}
+    out = to_tensors(in_ram, device, data.dims())
+    return {m: lazy[m] if m in lazy else out[m] for m in data.stores}
 
 
 def collate(feats: dict) -> dict[str, torch.Tensor]:

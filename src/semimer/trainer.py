@@ -18,24 +18,11 @@ import torch
 from sklearn.metrics import f1_score
 
 from semimer.config import TrainConfig
-from semimer.ragged import (Ragged, clip_lengths, collate, inference_batches, length_bucketed_batches,
-                            n_items)
+from semimer.ragged import (clip_lengths, collate, inference_batches, length_bucketed_batches, n_items,
+                            to_tensors)
 from semimer.utils import log
 
-Arrays = dict[str, np.ndarray]
 MAX_EVAL_FRAMES = 65536  # padded frames per inference batch at frame level (bounds memory)
-
-
-def to_tensors(feats: Arrays, device: torch.device, dims: dict[str, int] | None = None) -> dict:
-    """Arrays from :meth:`MERData.features` to tensors: ``(N, D)`` arrays to tensors, lists of
-    ``(T, D)`` arrays (frame level) to :class:`~semimer.ragged.Ragged`."""
-    out = {}
-    for m, x in feats.items():
-        if isinstance(x, (list, tuple)):
-            out[m] = Ragged.from_arrays(x, device, dim=(dims or {}).get(m))
-        else:
-            out[m] = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
-    return out
 
 
 def take(feats: dict, idx) -> dict:
