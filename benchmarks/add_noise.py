@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from semimer.io import write_json
-from semimer.noise import NoiseScheduler
+from semimer.models.noise import NoiseScheduler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "add_noise.json"
 

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                     help="run only the baseline and add it to this seed's existing results JSON")
     args = ap.parse_args(argv)
     from semimer.io import write_json
-    from semimer.synth import generate
+    from semimer.data.synth import generate
 
     work = Path(args.work) / ("quick" if args.quick else "full") / f"seed{args.seed}"
     ds = work / "data" / "dataset"

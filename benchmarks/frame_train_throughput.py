@@ -38,8 +38,8 @@ def one(args) -> dict:
 
     from semimer.config import load_config
     from semimer.models import build_model
-    from semimer.ragged import Ragged, collate, length_bucketed_batches
-    from semimer.trainer import predict_tensors, take
+    from semimer.data.ragged import Ragged, collate, length_bucketed_batches
+    from semimer.train.fit import predict_tensors, take
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

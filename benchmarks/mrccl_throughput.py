@@ -2,7 +2,7 @@
 
 * fine-tuning: clips/s of one optimiser step on ``model.loss`` (L_cls + L_modal + L_noise), and
   of the classification loss alone, for in-memory batches (the labeled set fits in RAM);
-* pre-training: clips/s of :func:`semimer.pretrain.pretrain` streaming a packed store of
+* pre-training: clips/s of :func:`semimer.train.pretrain.pretrain` streaming a packed store of
   ``--clips`` unlabeled clips at audio 1024 / text 5120 / video 768 (float32) from disk, and the
   peak RSS of that process compared with the size of the packed data (streaming means RSS stays
   far below it).
@@ -57,7 +57,7 @@ PRETRAIN_CHILD = r"""
 import json, sys, time
 from semimer.config import load_config
 from semimer.data.layout import load_dataset
-from semimer.pretrain import pretrain
+from semimer.train.pretrain import pretrain
 from semimer.utils import peak_rss_mb
 ds, out, bs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = load_config(None, [f"data.root={ds}", "model.name=mrccl", "pretrain.enabled=true", "pretrain.epochs=1",
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=None, help="unlabeled clips in the packed store (default 30000; quick 4000)")
     args = ap.parse_args(argv)
     from semimer.io import write_json
-    from semimer.synth import generate
+    from semimer.data.synth import generate
 
     rows = []
     steps = 3 if args.quick else 8

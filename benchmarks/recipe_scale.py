@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="recipe key=value overrides")
     args = ap.parse_args(argv)
     from semimer.io import write_json
-    from semimer.synth import generate
+    from semimer.data.synth import generate
 
     work = Path(args.work) / ("quick" if args.quick else "full")
     ds = work / "data" / "dataset"

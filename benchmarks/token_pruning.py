@@ -1,7 +1,7 @@
 """Throughput, peak memory and embedding drift of progressive token pruning (HuBERT-base size).
 
 Compares the unpruned library forward (``HubertModel(...)(x, attention_mask, output_hidden_states=True)``,
-its default ``sdpa`` attention) with :class:`semimer.pruning.PrunedSpeechEncoder` at keep rates
+its default ``sdpa`` attention) with :class:`semimer.extract.pruned_speech.PrunedSpeechEncoder` at keep rates
 r in {0.9, 0.85, 0.8, 0.7} and first pruning layers l0 in {2, 4, 6} (see ``src/semimer/pruning.py``
 for the exact layer convention), plus the wrapper at r = 1 (overhead check).
 
@@ -39,7 +39,7 @@ What is measured
 * ``cosine``: mean (and ``cosine_min``) over clips of the cosine similarity between the pooled
   utterance embedding (MER convention: mean over valid tokens of the sum of the last 4 hidden
   layers; with pruning each layer is pooled over its own kept tokens, see
-  :func:`semimer.pruning.pooled_embedding`) and the unpruned one.
+  :func:`semimer.extract.pruned_speech.pooled_embedding`) and the unpruned one.
 * ``kept_fraction``: tokens left after the last layer / valid input frames (mean over clips).
 * ``linear_work`` / ``attention_work`` (deterministic, immune to machine load): share of the
   encoder layers' token-linear work (sum of padded widths) and of the attention-score work (sum of
@@ -77,7 +77,7 @@ from typing import Callable
 import torch
 
 from semimer.io import write_json
-from semimer.pruning import PrunedSpeechEncoder, load_speech_encoder, masked_mean, pooled_embedding
+from semimer.extract.pruned_speech import PrunedSpeechEncoder, load_speech_encoder, masked_mean, pooled_embedding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "token_pruning.json"
 SAMPLE_RATE = 16_000

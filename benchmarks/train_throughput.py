@@ -5,12 +5,12 @@ video 768 (CLIP-large); 4,024 training clips (one training fold of 5,030 in 5-fo
 the default ``ModelConfig`` (hidden 256, dropout 0.3). For each batch size:
 
 * step loop: shuffled mini-batches, ``model.loss`` (forward, cross-entropy) + ``backward`` +
-  ``AdamW.step`` - the inner loop of :func:`semimer.trainer.fit` - clips/s over whole epochs;
-* fit epoch: :func:`semimer.trainer.fit` itself for the same epochs, which adds per-epoch
+  ``AdamW.step`` - the inner loop of :func:`semimer.train.fit.fit` - clips/s over whole epochs;
+* fit epoch: :func:`semimer.train.fit.fit` itself for the same epochs, which adds per-epoch
   validation on the held-out 1,006 clips and the best-epoch state copy - clips/s counts training
   clips only.
 
-Inference: :func:`semimer.trainer.predict_tensors` (eval mode, no grad) over 20,000 clips (a
+Inference: :func:`semimer.train.fit.predict_tensors` (eval mode, no grad) over 20,000 clips (a
 candidate set) in batches of 1024. One warm-up epoch / pass is run first and not timed.
 
 Every measurement is repeated per entry of ``--threads`` (default ``0,1``: torch's default thread
@@ -35,7 +35,7 @@ import torch
 from semimer.config import ModelConfig, TrainConfig
 from semimer.io import write_json
 from semimer.models import build_model
-from semimer.trainer import fit, predict_tensors
+from semimer.train.fit import fit, predict_tensors
 from semimer.utils import peak_rss_mb, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
         "quick": args.quick,
         "timing": ("wall seconds after one warm-up epoch; step = loss+backward+AdamW over shuffled batches; "
-                   "fit = semimer.trainer.fit incl. validation on held-out clips each epoch; "
+                   "fit = semimer.train.fit.fit incl. validation on held-out clips each epoch; "
                    "clips/s counts training clips"),
         "train": rows, "inference": infer, "peak_rss_mb": round(rss, 1),
     })

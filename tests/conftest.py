@@ -14,7 +14,7 @@ setup_logging(False)
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """``(dataset_dir, test_labels_csv)`` of the ``tiny`` synthetic preset, seed 0, .npy layout."""
-    from semimer.synth import generate
+    from semimer.data.synth import generate
 
     out = tmp_path_factory.mktemp("tiny")
     ds = generate(out, "tiny", seed=0)

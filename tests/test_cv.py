@@ -1,4 +1,4 @@
-"""End-to-end tests of cross-validation (semimer.cv) through ``semimer train`` / ``semimer evaluate``.
+"""End-to-end tests of cross-validation (semimer.train.cv) through ``semimer train`` / ``semimer evaluate``.
 
 One CLI run on the tiny synthetic preset (3 epochs) is shared by the read-only tests; tests that
 need another run (determinism, pseudo-labels, resume) make their own.
@@ -16,12 +16,12 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
 from semimer import MER2024_CLASSES
-from semimer.checkpoint import load_model
+from semimer.models.checkpoint import load_model
 from semimer.cli import main
 from semimer.config import load_config
-from semimer.cv import PseudoLabels, run_cv
+from semimer.train.cv import PseudoLabels, run_cv
 from semimer.data.layout import load_dataset
-from semimer.synth import FEATURE_NAMES
+from semimer.data.synth import FEATURE_NAMES
 
 PROB_COLS = [f"prob_{c}" for c in MER2024_CLASSES]
 TRAIN_ARGS = ["train.epochs=3", "train.progress=false", "train.threads=1"]  # 2 shared CPU cores
@@ -191,7 +191,7 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
 def test_folds_finished_under_other_inputs_are_never_reused_after_a_kill(data, tmp_path, monkeypatch):
     """Run A finishes every fold; run B (other settings) is killed after its first fold; B restarted
     must retrain folds 1.. rather than take A's finished folds as its own."""
-    import semimer.cv as cvmod
+    import semimer.train.cv as cvmod
 
     base = [f"data.root={data.root}", "train.folds=2", "train.progress=false", "train.threads=1", "model.hidden=16"]
     run_cv(data, load_config(None, [*base, "train.epochs=1"]), tmp_path / "r")

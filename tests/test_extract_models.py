@@ -68,7 +68,7 @@ def test_hf_speech_with_token_pruning(ckpts, clip_file):
     are fewer than the unpruned ones and in time order."""
     from transformers import AutoFeatureExtractor, AutoModel
 
-    from semimer.pruning import PrunedSpeechEncoder, pooled_embedding
+    from semimer.extract.pruned_speech import PrunedSpeechEncoder, pooled_embedding
 
     clip = Clip("s0", clip_file)
     audio = clip.audio()

@@ -1,4 +1,4 @@
-"""Tests of semimer.folds (seeded stratified K-fold) and semimer.oversample (minority oversampling).
+"""Tests of semimer.data.folds (seeded stratified K-fold) and semimer.train.oversample (minority oversampling).
 
 The oversampling tests live here until ``tests/test_oversample.py`` exists: both modules decide
 which labeled clips a training fold sees.
@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from semimer.folds import assign_folds, load_folds, save_folds
-from semimer.oversample import oversample_indices
+from semimer.data.folds import assign_folds, load_folds, save_folds
+from semimer.train.oversample import oversample_indices
 
 # the MER2024 label counts, scaled down 10x (surprise keeps 19 clips)
 COUNTS = [125, 121, 104, 73, 62, 19]

@@ -16,9 +16,9 @@ from semimer.data.layout import load_dataset
 from semimer.models import build_model
 from semimer.models.base import Standardizer
 from semimer.models.frame import FrameEncoder, sinusoid
-from semimer.ragged import (Ragged, collate, concat, inference_batches, length_bucketed_batches)
-from semimer.synth import feature_names, generate, PRESETS
-from semimer.trainer import predict_tensors, take
+from semimer.data.ragged import (Ragged, collate, concat, inference_batches, length_bucketed_batches)
+from semimer.data.synth import feature_names, generate, PRESETS
+from semimer.train.fit import predict_tensors, take
 
 RNG = np.random.default_rng(0)
 
@@ -221,7 +221,7 @@ def test_models_take_mixed_levels_and_are_batch_invariant(name):
 
 
 def test_checkpoint_round_trip_keeps_levels(tmp_path):
-    from semimer.checkpoint import load_model, save_model
+    from semimer.models.checkpoint import load_model, save_model
 
     cfg = ModelConfig(name="mrccl", hidden=16, head_hidden=8, frame_heads=2)
     model = build_model("mrccl", {"audio": 6, "text": 5}, 6, cfg, levels={"audio": "frame"}).eval()
@@ -261,7 +261,7 @@ def test_synthetic_frame_preset_shapes_and_stores(frame_data):
 
 def test_salient_segment_carries_the_signal():
     """Frame-level generator: frames outside the salient segment do not depend on the class."""
-    from semimer.synth import SynthConfig, _Model
+    from semimer.data.synth import SynthConfig, _Model
 
     cfg = SynthConfig(n_speakers=1, dims={"audio": 8, "text": 8, "video": 8}, latent_dim=4, speaker_sigma=0.0,
                       frames={"audio": [10, 10]}, salient_fraction=0.3, frame_sigma={"audio": 0.0, "text": 1, "video": 1},
@@ -282,7 +282,7 @@ FEATS = ["data.audio=audio-FRA", "data.video=video-FRA"]
 
 @pytest.mark.parametrize("prefer", ["npy", "packed"])
 def test_stored_frames_read_per_batch_equal_frames_in_memory(frame_data, prefer):
-    from semimer.ragged import Ragged, StoredFrames, load_features
+    from semimer.data.ragged import Ragged, StoredFrames, load_features
 
     ds, _ = frame_data
     data = load_dataset(ds, {"audio": "audio-FRA", "text": "text-UTT"}, prefer=prefer)
@@ -306,8 +306,8 @@ def test_stored_frames_read_per_batch_equal_frames_in_memory(frame_data, prefer)
 
 @pytest.mark.parametrize("prefer,cache", [("npy", "memory"), ("packed", "store")])
 def test_cv_on_frame_features_and_predict_from_stores(frame_data, tmp_path, prefer, cache):
-    from semimer.cv import run_cv
-    from semimer.predict import load_ensemble, predict_clips
+    from semimer.train.cv import run_cv
+    from semimer.infer.predict import load_ensemble, predict_clips
 
     ds, _ = frame_data
     cfg = load_config(None, [f"data.root={ds}", f"data.prefer={prefer}", "model.name=attention",
@@ -328,7 +328,7 @@ def test_cv_on_frame_features_and_predict_from_stores(frame_data, tmp_path, pref
 
 
 def test_recipe_runs_on_frame_features_with_pruning(frame_data, tmp_path):
-    from semimer.recipe import run_recipe
+    from semimer.semi.recipe import run_recipe
 
     ds, test_labels = frame_data
     low = [f"self_train.thresholds.{c}=0.2" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
@@ -357,7 +357,7 @@ def test_config_rejects_bad_frame_settings(override, msg):
 
 
 def test_cv_gives_the_same_predictions_with_frames_in_memory_or_in_the_store(frame_data, tmp_path):
-    from semimer.cv import run_cv
+    from semimer.train.cv import run_cv
 
     ds, _ = frame_data
     oof = []

@@ -1,4 +1,4 @@
-"""Tests of semimer.losses against explicit-loop references written here."""
+"""Tests of semimer.models.losses against explicit-loop references written here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from semimer.losses import LearnableTemperature, ModalityContrastiveLoss, NoiseContrastiveLoss, nt_xent
+from semimer.models.losses import LearnableTemperature, ModalityContrastiveLoss, NoiseContrastiveLoss, nt_xent
 
 
 # --------------------------------------------------------------------------- loop reference

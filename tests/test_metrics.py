@@ -1,4 +1,4 @@
-"""Tests of semimer.metrics against scikit-learn and hand-worked arithmetic."""
+"""Tests of semimer.eval.metrics against scikit-learn and hand-worked arithmetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from semimer.metrics import fmt, mean_std, scores, summarise
+from semimer.eval.metrics import fmt, mean_std, scores, summarise
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

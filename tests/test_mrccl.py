@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from semimer.config import load_config
-from semimer.losses import nt_xent
+from semimer.models.losses import nt_xent
 from semimer.models import build_model, list_models
 
 DIMS = {"audio": 12, "text": 20, "video": 8}
@@ -138,9 +138,9 @@ def test_bad_vote_config_is_rejected():
 
 
 def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
-    import semimer.pretrain as pt
+    import semimer.train.pretrain as pt
     from semimer.data.layout import load_dataset
-    from semimer.synth import generate
+    from semimer.data.synth import generate
 
     ds = generate(tmp_path / "syn", "tiny", 0, fmt="packed")
     cfg = load_config(None, [f"data.root={ds}", "model.name=mrccl", "model.hidden=16", "pretrain.enabled=true",
@@ -169,7 +169,7 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     for k in state:
         assert torch.equal(state[k], again[k])
     # fine-tuning starts from the pre-trained encoders
-    from semimer.cv import run_cv
+    from semimer.train.cv import run_cv
 
     monkeypatch.setattr(data, "features", orig)
     cfg2 = load_config(None, [f"data.root={ds}", "model.name=mrccl", "model.hidden=16", "train.epochs=1",

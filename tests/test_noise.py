@@ -1,4 +1,4 @@
-"""Tests of semimer.noise against closed forms and reference computations written here."""
+"""Tests of semimer.models.noise against closed forms and reference computations written here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from semimer.noise import NoiseConfig, NoiseScheduler, published_noise_configs
+from semimer.models.noise import NoiseConfig, NoiseScheduler, published_noise_configs, scheduler_from_config
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
@@ -77,13 +77,13 @@ def test_published_setting_value() -> None:
         assert (cfg.num_steps, cfg.beta_start, cfg.beta_end, cfg.schedule, cfg.kind) == (
             100, 0.001, 0.1, "scaled_linear", "gaussian"
         )
-    s = cfgs["text"].build()
+    s = scheduler_from_config(cfgs["text"])
     r = np.linspace(math.sqrt(0.001), math.sqrt(0.1), 100)
     np.testing.assert_allclose(float(s.alphas_cumprod[-1]), np.prod(1 - r**2), rtol=1e-12)
 
 
 def test_config_build_passes_fields() -> None:
-    s = NoiseConfig(num_steps=40, beta_start=0.0001, beta_end=0.02, schedule="linear", kind="impulse").build()
+    s = scheduler_from_config(NoiseConfig(num_steps=40, beta_start=0.0001, beta_end=0.02, schedule="linear", kind="impulse"))
     assert (s.num_steps, s.beta_start, s.beta_end, s.schedule, s.kind) == (40, 0.0001, 0.02, "linear", "impulse")
 
 

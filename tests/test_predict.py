@@ -60,10 +60,10 @@ def _stored(t, names):
 
 
 def _fold_average(run, feats):
-    """The run's own fold ensemble, computed independently of semimer.predict."""
+    """The run's own fold ensemble, computed independently of semimer.infer.predict."""
     import torch
 
-    from semimer.checkpoint import load_model
+    from semimer.models.checkpoint import load_model
 
     probs = []
     for k in range(2):
@@ -75,7 +75,7 @@ def _fold_average(run, feats):
 
 
 def test_one_clip_matches_stored_features_and_fold_average(trained, capsys):
-    from semimer.predict import load_ensemble, predict_clips, predict_features
+    from semimer.infer.predict import load_ensemble, predict_clips, predict_features
 
     run = trained["run"]
     assert read_json(run / "ensemble.json")["classes"] == CLASSES
@@ -100,7 +100,7 @@ def test_one_clip_matches_stored_features_and_fold_average(trained, capsys):
 
 
 def test_library_predict_clips_and_table(trained, capsys):
-    from semimer.predict import load_ensemble, predict_clips, predict_features
+    from semimer.infer.predict import load_ensemble, predict_clips, predict_features
 
     names = ["c0", "c5"]
     paths = [trained["videos"] / f"{n}.mp4" for n in names]
@@ -117,7 +117,7 @@ def test_library_predict_clips_and_table(trained, capsys):
 
 
 def test_folder_writes_csv_and_lists_failures(trained, tmp_path, capsys):
-    from semimer.predict import load_ensemble, predict_features
+    from semimer.infer.predict import load_ensemble, predict_features
 
     folder = tmp_path / "new"
     folder.mkdir()
@@ -153,7 +153,7 @@ def test_folder_writes_csv_and_lists_failures(trained, tmp_path, capsys):
 
 
 def test_features_dir_reads_stored_features(trained, capsys):
-    from semimer.predict import load_ensemble, predict_clips, predict_features
+    from semimer.infer.predict import load_ensemble, predict_clips, predict_features
 
     assert main(["predict", "c2", "--run", str(trained["run"]), "--features-dir", str(trained["data"]), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
@@ -165,7 +165,7 @@ def test_features_dir_reads_stored_features(trained, capsys):
 
 def test_weighted_members(trained, tmp_path):
     """Soft vote over members with normalised weights, each member the mean of its folds."""
-    from semimer.predict import load_ensemble, predict_features
+    from semimer.infer.predict import load_ensemble, predict_features
 
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
@@ -178,7 +178,7 @@ def test_weighted_members(trained, tmp_path):
     fold_avg = _fold_average(run, feats)
     import torch
 
-    from semimer.checkpoint import load_model
+    from semimer.models.checkpoint import load_model
 
     with torch.no_grad():
         f0 = load_model(run / "fold_0")[0]({m: torch.as_tensor(x) for m, x in feats.items()})["probs"].numpy()
@@ -223,10 +223,10 @@ def test_frame_level_run_predicts_a_new_clip_by_re_extraction(trained, tmp_path,
     frames from the video file and gives the probabilities of the stored (T, D) features."""
     import torch
 
-    from semimer.checkpoint import load_model
+    from semimer.models.checkpoint import load_model
     from semimer.data.store import open_store
-    from semimer.predict import load_ensemble, predict_features
-    from semimer.ragged import Ragged, collate
+    from semimer.infer.predict import load_ensemble, predict_features
+    from semimer.data.ragged import Ragged, collate
 
     data = tmp_path / "data"
     shutil.copytree(trained["data"], data)
@@ -246,7 +246,7 @@ def test_frame_level_run_predicts_a_new_clip_by_re_extraction(trained, tmp_path,
     got = np.array([rec["probabilities"][c] for c in CLASSES])
     stored = {"audio": [open_store(data, audio).get("c5")], "video": open_store(data, VIDEO).get("c5")[None]}
     np.testing.assert_allclose(got, predict_features(load_ensemble(run), stored)[0], atol=1e-5)
-    # independent of semimer.predict: the two fold models on the padded batch, averaged
+    # independent of semimer.infer.predict: the two fold models on the padded batch, averaged
     batch = collate({"audio": Ragged.from_arrays(stored["audio"]), "video": torch.as_tensor(stored["video"])})
     with torch.no_grad():
         folds = [load_model(run / f"fold_{k}")[0](batch)["probs"].numpy()[0] for k in range(2)]

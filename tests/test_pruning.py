@@ -1,4 +1,4 @@
-"""Tests for progressive token pruning of speech encoders (``semimer.pruning``).
+"""Tests for progressive token pruning of speech encoders (``semimer.extract.pruned_speech``).
 
 All models are tiny and randomly initialised from a config (hidden 32, 2 heads, 2-4 layers,
 3-layer conv stack with a 20x downsampling); nothing touches a model hub.
@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 # WavLM (library code) passes a bool key_padding_mask with a float position bias; torch warns about it
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 
-from semimer.pruning import (  # noqa: E402
+from semimer.extract.pruned_speech import (  # noqa: E402
     PrunedSpeechEncoder,
     attention_scores,
     kept_count,

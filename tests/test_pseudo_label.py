@@ -1,4 +1,4 @@
-"""Tests of semimer.pseudo_label against hand-worked cases."""
+"""Tests of semimer.semi.pseudo_label against hand-worked cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semimer import MER2024_CLASSES
-from semimer.pseudo_label import (
+from semimer.semi.pseudo_label import (
     Selection,
     adaptive_thresholds,
     published_thresholds,
@@ -225,7 +225,7 @@ def test_empty_selection_and_bad_header(tmp_path):
 def test_fit_temperature_recovers_the_generating_temperature():
     """Labels drawn from softmax(z / T0) while the model reports softmax(z): the NLL-optimal
     temperature is T0. Checked against a brute-force grid of the NLL written out here."""
-    from semimer.pseudo_label import apply_temperature, fit_temperature
+    from semimer.semi.pseudo_label import apply_temperature, fit_temperature
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(20000, 6)) * 2.0

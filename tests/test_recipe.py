@@ -13,7 +13,7 @@ import pytest
 from semimer.cli import main
 from semimer.config import load_config
 from semimer.data.layout import load_dataset
-from semimer.synth import generate
+from semimer.data.synth import generate
 
 FAST = ["train.epochs=3", "train.folds=2", "train.progress=false", "pretrain.epochs=1", "model.hidden=32",
         "model.head_hidden=16", "train.batch_size=32", "pretrain.batch_size=128",
@@ -40,7 +40,7 @@ def read_rows(path):
 
 
 def test_recipe_outputs_and_honest_cv(tiny, tmp_path):
-    from semimer.recipe import run_recipe
+    from semimer.semi.recipe import run_recipe
 
     ds, test_labels = tiny
     cfg = recipe_cfg(ds)
@@ -78,7 +78,7 @@ def test_recipe_outputs_and_honest_cv(tiny, tmp_path):
 
 
 def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch):
-    import semimer.recipe as recipe
+    import semimer.semi.recipe as recipe
 
     ds, test_labels = tiny
     cfg = recipe_cfg(ds)
@@ -100,8 +100,8 @@ def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch)
     sel = (run / "pseudo_labels.csv").read_bytes()
     assert any("round_1" in str(p) for p in stamps)
 
-    import semimer.cv as cvmod
-    import semimer.pretrain as ptmod
+    import semimer.train.cv as cvmod
+    import semimer.train.pretrain as ptmod
 
     trained = []
     real_fit = cvmod.fit
@@ -127,7 +127,7 @@ def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch)
 
 
 def test_no_pseudo_labels_at_strict_thresholds_stops_self_training(tiny, tmp_path):
-    from semimer.recipe import run_recipe
+    from semimer.semi.recipe import run_recipe
 
     ds, _ = tiny
     strict = [f"self_train.thresholds.{c}=1.0" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]

@@ -1,4 +1,4 @@
-"""Tests of semimer.synth: determinism, published class counts, hidden test clips, fusion pays."""
+"""Tests of semimer.data.synth: determinism, published class counts, hidden test clips, fusion pays."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from semimer import MER2024_CLASSES
 from semimer.data.layout import load_dataset
-from semimer.synth import FEATURE_NAMES, generate, labeled_counts
+from semimer.data.synth import FEATURE_NAMES, generate, labeled_counts
 
 
 def read_rows(path):

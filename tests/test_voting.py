@@ -1,4 +1,4 @@
-"""Tests of semimer.voting: soft vote arithmetic, OOF-only weight fitting, name-matched run voting."""
+"""Tests of semimer.semi.voting: soft vote arithmetic, OOF-only weight fitting, name-matched run voting."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 from semimer import MER2024_CLASSES
-from semimer.predictions import write_predictions
-from semimer.voting import _simplex_grid, _waf_fast, fit_vote_weights, soft_vote, vote_runs
+from semimer.eval.predictions import write_predictions
+from semimer.semi.voting import _simplex_grid, _waf_fast, fit_vote_weights, soft_vote, vote_runs
 
 CLASSES = list(MER2024_CLASSES)
 K = len(CLASSES)

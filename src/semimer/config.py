@@ -16,7 +16,11 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from semimer import MER2024_CLASSES
-from semimer.noise import NoiseConfig
+
+
+#: frame encoders and poolings of :mod:`semimer.models.frame`
+ENCODERS = ("transformer", "pool")
+POOLS = ("mean", "attention")
 
 
 @dataclass
@@ -56,6 +60,19 @@ class ModelConfig:
     keep_rate: float = 1.0  # token pruning inside the frame encoders of prune_modalities (1 = off)
     prune_from_layer: int = 1  # prune after every block i >= this (0-based; = frame_layers: off)
     prune_modalities: list = field(default_factory=lambda: ["audio"])
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Settings of one modality's :class:`semimer.models.noise.NoiseScheduler` (validated by :meth:`build`)."""
+
+    num_steps: int = 100
+    beta_start: float = 0.001
+    beta_end: float = 0.1
+    schedule: str = "scaled_linear"
+    kind: str = "gaussian"
+    impulse_fraction: float = 0.1
+
 
 
 @dataclass
@@ -155,8 +172,6 @@ def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str]
 
 def validate(cfg: RunConfig) -> None:
     """Errors for settings that are wrong whatever the data (checked before any work starts)."""
-    from semimer.models.frame import ENCODERS, POOLS
-
     m = cfg.model
     if not 0.0 < float(m.keep_rate) <= 1.0:
         raise ValueError(f"model.keep_rate must be in (0, 1] (1 = no token pruning), got {m.keep_rate}")

@@ -14,7 +14,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from semimer.ablation import format_table, run_ablation
+    from semimer.semi.ablation import format_table, run_ablation
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     res = run_ablation(args.data, args.out, seeds, args.variant_set, args.overrides, args.test_labels, args.config)

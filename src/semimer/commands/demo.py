@@ -19,8 +19,8 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from semimer.ablation import format_table, run_ablation
-    from semimer.synth import generate
+    from semimer.semi.ablation import format_table, run_ablation
+    from semimer.data.synth import generate
 
     t0 = time.time()
     out = Path(args.out)

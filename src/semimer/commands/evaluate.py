@@ -13,8 +13,8 @@ def add_arguments(p):
 def evaluate_files(pred_path, label_path, classes=None) -> dict:
     from semimer import MER2024_CLASSES
     from semimer.data.layout import load_labels
-    from semimer.metrics import scores
-    from semimer.predictions import read_predictions
+    from semimer.eval.metrics import scores
+    from semimer.eval.predictions import read_predictions
 
     classes = list(classes or MER2024_CLASSES)
     truth = load_labels(label_path, classes)

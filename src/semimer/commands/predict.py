@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from semimer.predict import check_inputs, load_ensemble, predict_clips, read_run_features
+    from semimer.infer.predict import check_inputs, load_ensemble, predict_clips, read_run_features
     from semimer.utils import log, pick_device
 
     read_run_features(args.run)  # a missing run or features.json fails before anything heavy
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else (None if single else Path(args.run) / "predict" / f"{label}.csv")
     if out is not None:
-        from semimer.predictions import write_predictions
+        from semimer.eval.predictions import write_predictions
 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_predictions(out, names, probs, classes)

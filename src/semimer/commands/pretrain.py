@@ -15,7 +15,7 @@ def run(args) -> int:
 
     from semimer.commands._common import config_from_args, load_data
     from semimer.io import read_json
-    from semimer.pretrain import pretrain_for_run
+    from semimer.train.pretrain import pretrain_for_run
 
     cfg = config_from_args(args, ["model.name=mrccl", "pretrain.enabled=true"])
     data = load_data(cfg)

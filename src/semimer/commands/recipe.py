@@ -16,8 +16,8 @@ RECIPE_DEFAULTS = ["model.name=mrccl", "pretrain.enabled=true", "train.oversampl
 
 def run(args) -> int:
     from semimer.commands._common import config_from_args, load_data
-    from semimer.metrics import fmt
-    from semimer.recipe import run_recipe
+    from semimer.eval.metrics import fmt
+    from semimer.semi.recipe import run_recipe
 
     cfg = config_from_args(args, RECIPE_DEFAULTS)
     data = load_data(cfg)

@@ -4,7 +4,7 @@ HELP = "write a synthetic MER-like dataset (the embedded default data) and its h
 
 
 def add_arguments(p):
-    from semimer.synth import PRESETS
+    from semimer.data.synth import PRESETS
 
     p.add_argument("out", help="output folder (gets dataset/ and test-labels.csv)")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
@@ -15,7 +15,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from semimer.synth import PRESETS, feature_names, generate
+    from semimer.data.synth import PRESETS, feature_names, generate
 
     over = {} if args.missing_rate is None else {"missing_rate": args.missing_rate}
     ds = generate(args.out, args.preset, args.seed, fmt=args.fmt, progress=True, **over)

@@ -13,13 +13,13 @@ def add_arguments(p):
 
 def run(args) -> int:
     from semimer.commands._common import config_from_args, load_data
-    from semimer.cv import run_cv
-    from semimer.metrics import fmt
+    from semimer.train.cv import run_cv
+    from semimer.eval.metrics import fmt
 
     cfg = config_from_args(args, [f"model.name={args.model}"] if args.model else [])
     data = load_data(cfg)
     if cfg.model.name == "mrccl" and cfg.pretrain.enabled:
-        from semimer.pretrain import pretrain_for_run
+        from semimer.train.pretrain import pretrain_for_run
 
         init = pretrain_for_run(data, cfg, args.out)
     else:

@@ -103,7 +103,7 @@ class HFSpeech(Extractor):
     ``layers`` sets how many last layers are summed; utterance level = mean over time; audio
     longer than ``chunk_seconds`` is encoded chunk by chunk and the frames concatenated.
 
-    ``keep_rate < 1`` turns on progressive token pruning (:mod:`semimer.pruning`): from encoder
+    ``keep_rate < 1`` turns on progressive token pruning (:mod:`semimer.extract.pruned_speech`): from encoder
     layer ``prune_from_layer`` on, each layer keeps the top ``ceil(keep_rate * N)`` tokens by
     received attention. Utterance level then pools each of the last layers over its own kept
     tokens and sums them; frame level returns the last layers' sum at the finally kept frames
@@ -129,7 +129,7 @@ class HFSpeech(Extractor):
         self._torch = torch
         self.pruned = None
         if float(self.opts["keep_rate"]) < 1.0:
-            from semimer.pruning import PrunedSpeechEncoder
+            from semimer.extract.pruned_speech import PrunedSpeechEncoder
 
             self.pruned = PrunedSpeechEncoder(self.model, keep_rate=float(self.opts["keep_rate"]),
                                               prune_from_layer=int(self.opts["prune_from_layer"]))
@@ -176,7 +176,7 @@ class HFSpeech(Extractor):
         return np.concatenate(outs, axis=0)
 
     def _pruned_piece(self, values):
-        from semimer.pruning import pooled_embedding
+        from semimer.extract.pruned_speech import pooled_embedding
 
         out = self.pruned(values, output_hidden_states=True)
         k = int(self.opts["layers"])

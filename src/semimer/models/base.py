@@ -2,7 +2,7 @@
 
 Batches are ``dict[str, Tensor]``: one ``(B, D)`` tensor per utterance-level modality; a frame-level
 modality arrives as ``(B, T, D)`` plus a ``"<modality>_mask"`` ``(B, T)`` bool tensor (True = valid
-frame; see :mod:`semimer.ragged`). Which modalities are frame level is fixed at construction
+frame; see :mod:`semimer.data.ragged`). Which modalities are frame level is fixed at construction
 (``levels``) and saved with the weights; models that accept frame-level inputs say so with
 ``frame_level = True``.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimer.ragged import MASK_SUFFIX, Ragged, StoredFrames
+from semimer.data.ragged import MASK_SUFFIX, Ragged, StoredFrames
 
 LEVELS = ("utt", "frame")
 
@@ -41,7 +41,7 @@ class Standardizer(nn.Module):
         """Mean and (population) std from an iterable of feature dicts, accumulated in float64
         over row blocks, so a large sample never needs a float64 copy of itself.
 
-        Frame-level modalities contribute their valid frames only: a :class:`~semimer.ragged.Ragged`
+        Frame-level modalities contribute their valid frames only: a :class:`~semimer.data.ragged.Ragged`
         holds no padding, and a padded ``(B, T, D)`` tensor is reduced to the rows of its
         ``<m>_mask`` (statistics are per frame, so long clips weigh more)."""
         acc = {m: [0, 0.0, 0.0] for m in self.modalities}  # n, sum, sum of squares
@@ -92,7 +92,7 @@ def mlp_head(d_in: int, hidden: int, num_classes: int, dropout: float) -> nn.Seq
 
 
 class EmotionModel(nn.Module):
-    """Interface used by :mod:`semimer.trainer`.
+    """Interface used by :mod:`semimer.train.fit`.
 
     * ``forward(batch) -> dict`` with at least ``"probs"`` ``(B, K)`` (class probabilities) and
       ``"logits"`` ``(B, K)``;

@@ -8,7 +8,7 @@ Two kinds (``model.frame_encoder``):
   progressive token pruning (``model.keep_rate < 1`` for the modalities in ``model.prune_modalities``):
   after every block ``i >= model.prune_from_layer`` the top ``ceil(r * N_valid)`` frames of each clip
   by the attention they receive (summed over heads and valid queries) are kept in time order
-  (:func:`semimer.pruning.select_tokens`, the same rule and layer convention as the speech-encoder
+  (:func:`semimer.extract.pruned_speech.select_tokens`, the same rule and layer convention as the speech-encoder
   wrapper), so later blocks and the pooling see fewer frames.
 * ``pool``: a residual per-frame MLP then pooling over valid frames (no interaction between frames;
   cheaper, and a strong baseline when the utterance mean carries the signal).
@@ -25,10 +25,9 @@ import math
 import torch
 from torch import nn
 
-from semimer.pruning import _check_keep_rate, _gather_tokens, masked_mean, select_tokens
+from semimer.config import ENCODERS, POOLS
+from semimer.models.tokens import check_keep_rate, gather_tokens, masked_mean, select_tokens
 
-ENCODERS = ("transformer", "pool")
-POOLS = ("mean", "attention")
 
 
 def sinusoid(positions: torch.Tensor, width: int) -> torch.Tensor:
@@ -73,7 +72,7 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"model.frame_pool must be one of {POOLS}, not {pool!r}")
         if layers < 1:
             raise ValueError(f"model.frame_layers must be >= 1, got {layers}")
-        _check_keep_rate(keep_rate)
+        check_keep_rate(keep_rate)
         if keep_rate < 1.0:
             if kind != "transformer":
                 raise ValueError("token pruning (model.keep_rate < 1) scores frames by the attention they receive: "
@@ -120,8 +119,8 @@ class FrameEncoder(nn.Module):
                 h, attn = blk(h, mask, need_weights=prune)
                 if prune:
                     idx, mask = select_tokens(attn, mask, self.keep_rate)
-                    h = _gather_tokens(h, idx)
-                    frame_index = _gather_tokens(frame_index, idx)
+                    h = gather_tokens(h, idx)
+                    frame_index = gather_tokens(frame_index, idx)
         else:
             for blk in self.blocks:
                 h = h + blk(h)

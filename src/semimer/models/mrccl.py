@@ -13,8 +13,8 @@ Voting (``model.vote_mode``):
 Published weights: audio 0.7, text 0.3, video 0.4, fusion 0.7.
 
 Losses: ``L_cls = CE(log p, y) + mean_k CE(c_k, y)``; fine-tuning adds
-``lambda_m L_modal + lambda_n L_noise`` (:mod:`semimer.losses`), where the noisy view runs the same
-encoder on ``x~_m = sqrt(abar_t) x_m + sqrt(1 - abar_t) eps`` (:mod:`semimer.noise`, one schedule
+``lambda_m L_modal + lambda_n L_noise`` (:mod:`semimer.models.losses`), where the noisy view runs the same
+encoder on ``x~_m = sqrt(abar_t) x_m + sqrt(1 - abar_t) eps`` (:mod:`semimer.models.noise`, one schedule
 per modality, one timestep per clip, applied to standardised inputs). Pre-training uses
 ``L_modal + L_noise`` only (:meth:`MRCCL.contrastive_loss`).
 
@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimer.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
+from semimer.models.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
 from semimer.models import register_model
 from semimer.models.base import EmotionModel, mlp_head
 from semimer.models.frame import frame_encoder_from_config
-from semimer.ragged import MASK_SUFFIX
+from semimer.models.noise import scheduler_from_config
+from semimer.data.ragged import MASK_SUFFIX
 
 HEADS = ("audio", "text", "video", "fusion")
 
@@ -87,11 +88,11 @@ class MRCCL(EmotionModel):
         self.noise_loss = NoiseContrastiveLoss(init_tau=cfg.temperature_init)
         self.noise = {}
         if noise_cfg is not None:
-            self.noise = {m: getattr(noise_cfg, m).build() for m in dims}
+            self.noise = {m: scheduler_from_config(getattr(noise_cfg, m)) for m in dims}
         else:
-            from semimer.noise import NoiseConfig
+            from semimer.config import NoiseConfig
 
-            self.noise = {m: NoiseConfig().build() for m in dims}
+            self.noise = {m: scheduler_from_config(NoiseConfig()) for m in dims}
 
     @property
     def head_names(self) -> list[str]:

@@ -36,17 +36,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from semimer.checkpoint import load_state, save_model
+from semimer.models.checkpoint import load_state, save_model
 from semimer.config import RunConfig, to_yaml
 from semimer.data.layout import MERData
-from semimer.folds import assign_folds, save_folds
+from semimer.data.folds import assign_folds, save_folds
 from semimer.io import read_json, write_json, write_text
-from semimer.metrics import fmt, scores, summarise
+from semimer.eval.metrics import fmt, scores, summarise
 from semimer.models import build_model
-from semimer.oversample import oversample_indices
-from semimer.predictions import write_predictions, write_submission
-from semimer.ragged import concat, load_features
-from semimer.trainer import FitResult, fit, predict_names, predict_tensors, take
+from semimer.train.oversample import oversample_indices
+from semimer.eval.predictions import write_predictions, write_submission
+from semimer.data.ragged import concat, load_features
+from semimer.train.fit import FitResult, fit, predict_names, predict_tensors, take
 from semimer.utils import log, pick_device, seed_everything
 
 
@@ -203,7 +203,7 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
 
 
 def _plots(out: Path, metrics: dict, histories: Sequence, classes: Sequence[str], cfg: RunConfig) -> None:
-    from semimer.plots import confusion_png, learning_curves_png
+    from semimer.eval.plots import confusion_png, learning_curves_png
 
     waf = fmt(metrics["cv"]["waf"])
     confusion_png(metrics["oof"]["confusion"], classes, out / "confusion.png",

@@ -271,7 +271,7 @@ def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: i
               ((names[i], classes[y_obs[i]]) for i in np.flatnonzero(is_lab)))
     write_csv(ds / "track_all_candidates.csv", ["name"], ((names[i],) for i in cand_idx))
     write_csv(out / "test-labels.csv", ["name", "discrete"], ((names[i], classes[y_obs[i]]) for i in test_idx))
-    meta = {"generator": "semimer.synth", "seed": seed, "format": fmt, "features": fnames,
+    meta = {"generator": "semimer.data.synth", "seed": seed, "format": fmt, "features": fnames,
             "config": asdict(cfg), "note": "synthetic stand-in for MER2024; hidden labels are in ../test-labels.csv"}
     write_json(ds / "synth.json", meta)
     log.info("synthetic dataset: %d labeled, %d unlabeled (%d test hidden), %d candidates -> %s",

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semimer.checkpoint import load_state, save_model
+from semimer.models.checkpoint import load_state, save_model
 from semimer.config import RunConfig
 from semimer.data.layout import MERData
 from semimer.io import read_json, write_json
 from semimer.models import build_model
-from semimer.ragged import collate, to_tensors
-from semimer.trainer import take, train_batches
+from semimer.data.ragged import collate, to_tensors
+from semimer.train.fit import take, train_batches
 from semimer.utils import log, peak_rss_mb, pick_device, seed_everything
 
 CHUNK = 8192

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from semimer.io import read_csv
-from semimer.metrics import scores
-from semimer.predictions import read_predictions
+from semimer.eval.metrics import scores
+from semimer.eval.predictions import read_predictions
 
 #: Two WAF values closer than this are a tie (then the weights closest to uniform win).
 TIE_TOL = 1e-12
@@ -276,7 +276,7 @@ def _align(per_run: list[tuple[list[str], np.ndarray]], run_dirs: list[Path], wh
 def vote_runs(run_dirs: Sequence[str | os.PathLike], weights=None,
               y_labels: Mapping[str, int | str] | None = None, grid_step: float = 0.1,
               method: str = "auto", seed: int = 0) -> VoteResult:
-    """Soft-vote several finished runs (folders written by :func:`semimer.cv.run_cv`).
+    """Soft-vote several finished runs (folders written by :func:`semimer.train.cv.run_cv`).
 
     Reads each run's ``oof.csv`` (``name, discrete, prob_<class>..., true, fold``) and
     ``predictions.csv``; rows are matched **by name** (never by position) and probability columns

@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from semimer.config import RunConfig, to_yaml
-from semimer.cv import CVResult, PseudoLabels, run_cv
+from semimer.train.cv import CVResult, PseudoLabels, run_cv
 from semimer.data.layout import MERData, load_labels
 from semimer.io import read_json, write_json, write_text
-from semimer.metrics import fmt, scores
-from semimer.predictions import write_predictions, write_submission
-from semimer.pseudo_label import (adaptive_thresholds, apply_temperature, fit_temperature, read_selection_csv, select_pseudo_labels,
+from semimer.eval.metrics import fmt, scores
+from semimer.eval.predictions import write_predictions, write_submission
+from semimer.semi.pseudo_label import (adaptive_thresholds, apply_temperature, fit_temperature, read_selection_csv, select_pseudo_labels,
                                   write_selection_csv)
-from semimer.trainer import predict_names
+from semimer.train.fit import predict_names
 from semimer.utils import log, pick_device
-from semimer.voting import fit_vote_weights, soft_vote
+from semimer.semi.voting import fit_vote_weights, soft_vote
 
 
 def _stage(i: int, n: int, text: str) -> None:
@@ -93,7 +93,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     init = None
     if do_pretrain:
         _stage(stage_no, n_stages, "contrastive pre-training on unlabeled + labeled clips")
-        from semimer.pretrain import pretrain
+        from semimer.train.pretrain import pretrain
 
         t = time.time()
         pdir = Path(pretrain_dir) if pretrain_dir else out / "pretrain"
@@ -190,7 +190,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     summary["final_round"] = final_round
     summary["final"] = {"cv_waf": res.metrics["cv"]["waf"], "oof_waf": scores(data.labels, oof.argmax(1), len(classes), classes)["waf"],
                         "test": final.get("test")}
-    from semimer.cv import write_features_json
+    from semimer.train.cv import write_features_json
 
     write_features_json(out, data)
     final_dir = f"round_{final_round}"
@@ -205,7 +205,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     summary["seconds"] = {k: round(v, 1) for k, v in timing.items()}
     summary["seconds"]["total"] = round(time.time() - t0, 1)
     write_json(out / "metrics.json", summary)
-    from semimer.report import write_report
+    from semimer.eval.report import write_report
 
     write_report(out, summary, data, oof, classes, cfg)
     log.info("recipe finished in %.0f s -> %s", time.time() - t0, out)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from semimer.io import write_text
-from semimer.metrics import fmt, scores
+from semimer.eval.metrics import fmt, scores
 
 
 def _pct(x: float | None) -> str:
@@ -16,7 +16,7 @@ def _pct(x: float | None) -> str:
 
 
 def write_report(out: Path, summary: dict, data, oof: np.ndarray, classes: Sequence[str], cfg) -> None:
-    from semimer.plots import bars_png, confusion_png
+    from semimer.eval.plots import bars_png, confusion_png
 
     final_oof = scores(data.labels, oof.argmax(1), len(classes), classes)
     confusion_png(final_oof["confusion"], classes, out / "confusion.png", "final: out-of-fold confusion")

@@ -8,7 +8,7 @@ A clip is kept iff its top-class probability reaches the threshold τ_c of its p
 * FlexMatch-style class-adaptive thresholds (:func:`adaptive_thresholds`).
 
 Pseudo-labeled clips go into training folds only; the CV score stays on real labels (see
-:mod:`semimer.cv`). Every round's selection is appended to one CSV
+:mod:`semimer.train.cv`). Every round's selection is appended to one CSV
 (``name,discrete,confidence,round``) by :func:`write_selection_csv`.
 
 Pure numpy: nothing here needs torch.

@@ -1,6 +1,6 @@
 """Ablations of the recipe over seeds, tabulated like the published one (CV WAF / test WAF).
 
-Each variant is the recipe (:func:`semimer.recipe.run_recipe`) with some overrides, run for every
+Each variant is the recipe (:func:`semimer.semi.recipe.run_recipe`) with some overrides, run for every
 seed into ``OUT/seed_<s>/<variant>/``; variants of one seed share one pre-training when their
 pre-training settings agree (it is keyed by its own fingerprint). Some rows are *read off* another
 variant's stages instead of being retrained, because the stages they would run are identical
@@ -95,7 +95,7 @@ def _row_final(summary: dict) -> dict:
 def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], variant_set: str = "recipe",
                  overrides: Sequence[str] = (), test_labels: str | Path | None = None,
                  config_file: str | None = None) -> dict:
-    from semimer.recipe import run_recipe
+    from semimer.semi.recipe import run_recipe
 
     if variant_set not in VARIANT_SETS:
         raise ValueError(f"unknown variant set {variant_set!r}; choose one of {', '.join(VARIANT_SETS)}")

@@ -3,7 +3,7 @@
 Features for the labeled clips are small enough to sit in memory as tensors (5,030 clips x 6,912
 dims is 139 MB); large pools are streamed by :func:`predict_names`. Model selection uses validation
 WAF only; the best epoch's weights are restored at the end. Frame-level features are
-:class:`~semimer.ragged.Ragged` (no padding at rest), batched by length buckets in training and by
+:class:`~semimer.data.ragged.Ragged` (no padding at rest), batched by length buckets in training and by
 sorted length under a frame budget at inference.
 """
 
@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from semimer.config import TrainConfig
-from semimer.ragged import (clip_lengths, collate, inference_batches, length_bucketed_batches, n_items,
+from semimer.data.ragged import (clip_lengths, collate, inference_batches, length_bucketed_batches, n_items,
                             to_tensors)
 from semimer.utils import log
 
@@ -32,7 +32,7 @@ def take(feats: dict, idx) -> dict:
 
 def train_batches(feats: dict, n: int, batch_size: int, generator: torch.Generator) -> list:
     """One epoch's batches of indices: a seeded permutation cut in order (utterance level), or
-    seeded length buckets when any modality is frame level (:mod:`semimer.ragged`)."""
+    seeded length buckets when any modality is frame level (:mod:`semimer.data.ragged`)."""
     lengths = clip_lengths(feats)
     if lengths is None:
         perm = torch.randperm(n, generator=generator)

@@ -14,7 +14,7 @@ a data root's stores with ``features_dir``) and predicts, keeping per-clip failu
 
 Library use::
 
-    from semimer.predict import load_ensemble, predict_clips
+    from semimer.infer.predict import load_ensemble, predict_clips
     names, probs, failures = predict_clips("runs/attention", ["new.mp4"], transcripts={"new": "..."})
 """
 
@@ -103,7 +103,7 @@ def _fold_dirs(member: Path) -> list[Path]:
 
 def load_ensemble(run_dir: str | os.PathLike, device: Any = "cpu") -> Ensemble:
     """Every fold model of every member of ``RUN/ensemble.json``, in eval mode on ``device``."""
-    from semimer.checkpoint import load_model
+    from semimer.models.checkpoint import load_model
     from semimer.utils import pick_device
 
     run = Path(run_dir)
@@ -168,8 +168,8 @@ def predict_features(ensemble: Ensemble, feats: Mapping[str, Any], batch_size: i
     probabilities. ``feats`` maps each of the run's modalities to raw features (the models
     standardise their inputs themselves): utterance level an ``(N, D)`` array (or one ``(D,)``
     clip); frame level a list of ``N`` ``(T_i, D)`` arrays (or one ``(T, D)`` clip)."""
-    from semimer.ragged import to_tensors
-    from semimer.trainer import predict_tensors
+    from semimer.data.ragged import to_tensors
+    from semimer.train.fit import predict_tensors
 
     missing = [m for m in ensemble.modalities if m not in feats]
     if missing:

@@ -2,7 +2,7 @@
 
 For each class ``c`` with ``n_c < ceil(ratio * n_max)`` clips, ``ceil(ratio * n_max) - n_c`` extra
 indices are drawn uniformly with replacement from that class's clips. Validation folds are never
-touched: callers pass the training fold's labels only (see :mod:`semimer.cv`).
+touched: callers pass the training fold's labels only (see :mod:`semimer.train.cv`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from semimer.config import NoiseConfig  # re-exported: the settings dataclass lives with the other configs
+
 __all__ = [
     "SCHEDULES",
     "NOISE_KINDS",
@@ -233,19 +235,9 @@ class NoiseScheduler:
         return timesteps.to(device=device, dtype=torch.long)
 
 
-@dataclass(frozen=True)
-class NoiseConfig:
-    """Settings of one modality's :class:`NoiseScheduler` (validated by :meth:`build`)."""
-
-    num_steps: int = 100
-    beta_start: float = 0.001
-    beta_end: float = 0.1
-    schedule: str = "scaled_linear"
-    kind: str = "gaussian"
-    impulse_fraction: float = 0.1
-
-    def build(self) -> NoiseScheduler:
-        return NoiseScheduler(**asdict(self))
+def scheduler_from_config(cfg: NoiseConfig) -> NoiseScheduler:
+    """The :class:`NoiseScheduler` a :class:`semimer.config.NoiseConfig` describes (validated here)."""
+    return NoiseScheduler(**asdict(cfg))
 
 
 def published_noise_configs() -> dict[str, NoiseConfig]:
