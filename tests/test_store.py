@@ -259,3 +259,67 @@ def test_open_store_ignores_a_same_named_folder_in_the_working_directory(tmp_pat
     monkeypatch.chdir(tmp_path / "elsewhere" / "features")  # holds an unrelated ./a-UTT
     store = open_store(tmp_path / "root", "a-UTT")
     assert (store.kind, store.dim, len(store)) == ("packed", 4, 3)
+
+
+# --------------------------------------------------------------------------- stale packs
+def _bump(path, seconds=5):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
+
+
+@pytest.mark.parametrize("change", ["touch", "add", "remove"])
+def test_a_pack_older_than_its_npy_folder_is_refused(tmp_path, change):
+    write_utt(tmp_path, "a-UTT", n=4, dim=3)
+    folder = tmp_path / "features" / "a-UTT"
+    pack_folder(folder, progress=False)
+    assert open_store(tmp_path, "a-UTT").kind == "packed"  # fresh: fine
+    if change == "touch":
+        np.save(folder / "clip_001.npy", np.zeros(3, np.float32))  # re-extracted after packing
+        _bump(folder / "clip_001.npy")
+    elif change == "add":
+        np.save(folder / "clip_new.npy", np.zeros(3, np.float32))
+    else:
+        os.remove(folder / "clip_002.npy")
+    for open_ in (lambda: open_store(tmp_path, "a-UTT"), lambda: PackedStore(tmp_path / "packed" / "a-UTT")):
+        with pytest.raises(ValueError) as err:
+            open_()
+        msg = str(err.value)
+        assert "out of date" in msg and f"semimer pack {tmp_path} a-UTT" in msg
+    pack_folder(folder, progress=False)  # the fix the message gives
+    assert len(open_store(tmp_path, "a-UTT")) == {"touch": 4, "add": 5, "remove": 3}[change]
+
+
+def test_a_moved_data_root_keeps_its_fresh_pack(tmp_path):
+    write_utt(tmp_path / "a", "a-UTT", n=3, dim=2)
+    pack_folder(tmp_path / "a" / "features" / "a-UTT", progress=False)
+    os.rename(tmp_path / "a", tmp_path / "b")  # the source path is recorded relative to the pack
+    assert open_store(tmp_path / "b", "a-UTT").kind == "packed"
+    _bump(tmp_path / "b" / "features" / "a-UTT" / "clip_000.npy")
+    with pytest.raises(ValueError, match="out of date"):
+        open_store(tmp_path / "b", "a-UTT")
+
+
+def test_store_kinds_without_a_registry():
+    import semimer.data.store as store
+
+    assert (NpyFolderStore.kind, PackedStore.kind) == ("npy-folder", "packed")
+    assert not hasattr(store, "register_store") and not hasattr(store, "STORE_TYPES")
+
+
+# --------------------------------------------------------------------------- file permissions
+def test_written_files_follow_the_umask(tmp_path):
+    from semimer.io import current_umask, write_json
+
+    old = os.umask(0o022)
+    try:
+        assert current_umask() == 0o022
+        write_json(tmp_path / "x.json", {"a": 1})
+        write_utt(tmp_path, "a-UTT", n=2, dim=2)
+        out = pack_folder(tmp_path / "features" / "a-UTT", progress=False)
+        for f in (tmp_path / "x.json", out / "manifest.json"):
+            assert oct(os.stat(f).st_mode & 0o777) == oct(0o644), f
+        os.umask(0o077)
+        write_json(tmp_path / "x.json", {"a": 2})
+        assert os.stat(tmp_path / "x.json").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -44,13 +45,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+        return code
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        # Data errors carry a message naming the file and the fix; no traceback for users.
+        # Data errors (RunExistsError included) carry a message naming the file and the fix; no traceback.
         if args.verbose:
             raise
         print(f"semimer {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Every stage is resumable: say so in one line instead of a traceback (128 + SIGINT).
+        print(f"semimer {args.command}: interrupted: run the same command again to resume "
+              "(finished stages are reused)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `semimer ... | head` closed our stdout: stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not raise again (the recipe of the Python docs, signal module).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # stdout is not a real file (e.g. captured)
+            pass
+        return 1  # what Python itself exits with on EPIPE
 
 
 if __name__ == "__main__":

@@ -1,19 +1,30 @@
 """Typed run configuration: dataclasses, YAML files and ``key=value`` overrides (via OmegaConf).
 
-``load_config(yaml_file, overrides)`` merges, in order: the dataclass defaults, an optional YAML
-file, then dot-list overrides such as ``train.epochs=20 model.hidden=256``. Unknown keys and wrong
-types are errors. The resolved config is saved as ``config.yaml`` next to every run's outputs.
-No absolute paths in defaults.
+``load_config(yaml_file, overrides, preset)`` merges, later beating earlier:
+
+1. the dataclass defaults below;
+2. a *preset*: a YAML file shipped in ``semimer/configs/`` (``recipe.yaml`` is what the recipe
+   changes from the defaults; commands pick theirs, ``--preset NAME`` another);
+3. the user's YAML file (``--config``);
+4. dot-list overrides such as ``train.epochs=20 model.hidden=256`` (command flags like ``--seed``
+   are shorthands at this level).
+
+Unknown keys (dict-valued settings included) and wrong types are errors naming the key and where
+it came from. The resolved config is saved as ``config.yaml`` next to every run's outputs.
+No absolute paths in defaults. This is the bottom layer: it imports no other semimer module but
+the package root (model names are checked against a list the caller passes, ``known_models``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Iterable, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from semimer import MER2024_CLASSES
 
@@ -21,6 +32,11 @@ from semimer import MER2024_CLASSES
 #: frame encoders and poolings of :mod:`semimer.models.frame`
 ENCODERS = ("transformer", "pool")
 POOLS = ("mean", "attention")
+#: heads of MR-CCL's vote (``model.vote_weights`` keys)
+VOTE_HEADS = ("audio", "text", "video", "fusion")
+#: published self-training thresholds by MER class name (Fan et al., MRAC @ ACM MM 2024)
+PUBLISHED_THRESHOLDS: dict[str, float] = {"neutral": 0.99, "angry": 0.99, "happy": 0.99, "sad": 0.99,
+                                          "worried": 0.85, "surprise": 0.85}
 
 
 @dataclass
@@ -33,6 +49,7 @@ class DataConfig:
     label_file: Optional[str] = None
     candidate_file: Optional[str] = None
     prefer: str = "packed"  # which store to read when both a pack and a .npy folder exist
+    group_column: Optional[str] = None  # label-file column (speaker, dialogue): grouped CV keeps groups whole
 
     def features(self) -> dict[str, str]:
         return {m: f for m, f in (("audio", self.audio), ("text", self.text), ("video", self.video)) if f}
@@ -45,7 +62,8 @@ class ModelConfig:
     dropout: float = 0.3
     head_hidden: int = 128
     # MR-CCL voting over heads: weights for audio, text, video, fusion (published a .7 t .3 v .4 f .7)
-    vote_weights: dict = field(default_factory=lambda: {"audio": 0.7, "text": 0.3, "video": 0.4, "fusion": 0.7})
+    vote_weights: Dict[str, float] = field(default_factory=lambda: {"audio": 0.7, "text": 0.3, "video": 0.4,
+                                                                    "fusion": 0.7})
     vote_mode: str = "prob"  # prob (soft vote of probabilities) | logit (sum of logits, as published)
     lambda_modal: float = 1.0
     lambda_noise: float = 1.0
@@ -92,7 +110,11 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 10  # early stopping on validation WAF (0 = off); best epoch kept
+    patience: int = 10  # early stopping on the selection split's WAF (0 = off); best epoch kept
+    # how the epoch is chosen without looking at the fold being scored: inner (hold out
+    # inner_fraction of the training folds, stratified/grouped) | fixed (train.epochs, last epoch)
+    select: str = "inner"
+    inner_fraction: float = 0.15
     oversample: bool = False
     oversample_ratio: float = 1.0  # minority classes up to this fraction of the majority count
     device: str = "auto"
@@ -118,8 +140,11 @@ class PretrainConfig:
 @dataclass
 class SelfTrainConfig:
     rounds: int = 1
-    thresholds: dict = field(default_factory=lambda: {"neutral": 0.99, "angry": 0.99, "happy": 0.99,
-                                                      "sad": 0.99, "worried": 0.85, "surprise": 0.85})
+    # τ per class, read through class_thresholds(cfg). {} = the published values for MER class names
+    # (0.99 neutral/angry/happy/sad, 0.85 worried/surprise) and default_threshold for any other class,
+    # so another corpus's data.classes works unchanged; a non-empty dict must name exactly data.classes
+    thresholds: Dict[str, float] = field(default_factory=dict)
+    default_threshold: float = 0.95
     # thresholds apply to temperature-calibrated probabilities (T fitted on out-of-fold predictions);
     # soft votes are under-confident, and 0.99 on raw voted probabilities selects almost nothing
     calibrate: bool = True
@@ -136,7 +161,8 @@ class RecipeConfig:
     vote_grid_step: float = 0.1
     # per-member key=value overrides (each member trained with its own best settings); the
     # attention baseline loses ~9 WAF points with oversampling on the synthetic benchmark
-    member_overrides: dict = field(default_factory=lambda: {"attention": ["train.oversample=false"]})
+    # (keys: model names, checked by the commands against semimer.models.list_models())
+    member_overrides: Dict[str, List[str]] = field(default_factory=lambda: {"attention": ["train.oversample=false"]})
 
 
 @dataclass
@@ -150,28 +176,120 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
-def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- ``key=value`` overrides; returns a typed :class:`RunConfig`."""
+def load_config(yaml_file: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                preset: str | None = None, known_models: Iterable[str] | None = None) -> RunConfig:
+    """Defaults <- ``preset`` <- YAML file <- ``key=value`` overrides; returns a checked :class:`RunConfig`.
+
+    ``preset`` names a YAML file of ``semimer/configs/`` (see :func:`preset_names`); ``known_models``
+    (e.g. ``semimer.models.list_models()``), when given, also checks every model name.
+    """
     cfg = OmegaConf.structured(RunConfig)
+    if preset:
+        cfg = _merge(cfg, _read_yaml(preset_path(preset), f"preset {preset!r}"), f"preset {preset!r}")
     if yaml_file:
         if not Path(yaml_file).is_file():
             raise FileNotFoundError(f"config file {yaml_file} does not exist")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(yaml_file))
-    bad = [o for o in overrides or [] if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must look like key=value (e.g. train.epochs=20), got {bad}")
+        cfg = _merge(cfg, _read_yaml(yaml_file, f"config file {yaml_file}"), f"config file {yaml_file}")
     if overrides:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except Exception as exc:  # omegaconf's ConfigKeyError / ValidationError
-            raise ValueError(f"bad override: {exc}") from exc
+        cfg = _merge(cfg, _from_dotlist(overrides, "overrides"), "bad override")
     out = OmegaConf.to_object(cfg)
-    validate(out)
+    validate(out, known_models)
     return out
 
 
-def validate(cfg: RunConfig) -> None:
-    """Errors for settings that are wrong whatever the data (checked before any work starts)."""
+# --------------------------------------------------------------------------- presets
+def preset_path(name: str) -> Path:
+    """The packaged ``semimer/configs/<name>.yaml`` (importlib.resources: works from a wheel too)."""
+    f = resources.files("semimer") / "configs" / f"{name}.yaml"
+    if not f.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(preset_names()) or 'none'}")
+    return Path(str(f))
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("semimer") / "configs"
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def preset_settings(name: str) -> list[str]:
+    """What a preset sets, as ``key=value`` strings (for ``--help``)."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}={str(v).lower() if isinstance(v, bool) else v}"
+
+    return list(flat(OmegaConf.to_container(_read_yaml(preset_path(name), f"preset {name!r}"))))
+
+
+def presets_help(default: str) -> str:
+    """An ``--help`` epilog: the resolution order and what every preset sets."""
+    lines = ["settings, later beating earlier:",
+             f"  defaults <- --preset (default {default}) <- --config YAML <- key=value arguments and flags",
+             "presets (semimer/configs/NAME.yaml):"]
+    for name in preset_names():
+        lines.append(f"  {name:<8} {' '.join(preset_settings(name)) or '(sets nothing: the defaults)'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- merging with clear errors
+def _read_yaml(path: str | os.PathLike, source: str) -> DictConfig:
+    try:
+        y = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors (the message names line and column)
+        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(y, DictConfig):
+        raise ValueError(f"{source}: expected a mapping of settings (e.g. 'train: {{epochs: 20}}'), got a list")
+    return y
+
+
+def _from_dotlist(overrides: Iterable[str], source: str) -> DictConfig:
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"{source} must look like key=value (e.g. train.epochs=20), got {bad}")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except Exception as exc:  # e.g. a value YAML cannot parse
+        raise ValueError(f"{source}: {exc}") from exc
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except Exception as exc:  # omegaconf's ConfigKeyError / ValidationError, or a TypeError
+        key = getattr(exc, "full_key", None)
+        if not key:
+            raise ValueError(f"{source}: {str(exc).splitlines()[0]}") from exc
+        if ":" in key:
+            raise ValueError(f"{source}: bad key {key!r}; in a {{...}} mapping write a space after each "
+                             f"colon, e.g. {{neutral: 0.5}}") from exc
+        if type(exc).__name__ == "ConfigKeyError":
+            valid = _valid_keys(key)
+            hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            raise ValueError(f"{source}: unknown setting {key!r}{hint}") from exc
+        raise ValueError(f"{source}: {key}: {str(exc).splitlines()[0]}") from exc
+
+
+def _valid_keys(full_key: str) -> list[str] | None:
+    obj = RunConfig()
+    for part in full_key.split(".")[:-1]:
+        obj = getattr(obj, part, None)
+    return [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else None
+
+
+# --------------------------------------------------------------------------- checks
+def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
+    """Errors for settings that are wrong whatever the data (checked before any work starts).
+
+    Model names (``model.name``, ``recipe.vote_members``, ``recipe.member_overrides`` keys) are
+    checked only when ``known_models`` is given: the list lives in :mod:`semimer.models`, a layer
+    this module must not import; the commands pass ``list_models()``.
+    """
+    _check_dicts(cfg)
+    if known_models is not None:
+        check_model_names(cfg, known_models)
     m = cfg.model
     if not 0.0 < float(m.keep_rate) <= 1.0:
         raise ValueError(f"model.keep_rate must be in (0, 1] (1 = no token pruning), got {m.keep_rate}")
@@ -189,6 +307,57 @@ def validate(cfg: RunConfig) -> None:
     bad = set(m.prune_modalities) - {"audio", "text", "video"}
     if bad:
         raise ValueError(f"model.prune_modalities has unknown modalities {sorted(bad)}; valid: audio, text, video")
+
+
+def _check_dicts(cfg: RunConfig) -> None:
+    """The dict-valued settings: their keys are not fixed by the dataclasses, so check them here."""
+    classes = [str(c) for c in cfg.data.classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"data.classes must name at least two distinct classes, got {classes}")
+    st = cfg.self_train
+    if not 0.0 <= st.default_threshold <= 1.0:
+        raise ValueError(f"self_train.default_threshold must be in [0, 1], got {st.default_threshold}")
+    if st.thresholds:
+        unknown = sorted(set(st.thresholds) - set(classes))
+        missing = [c for c in classes if c not in st.thresholds]
+        if unknown or missing:
+            raise ValueError("self_train.thresholds must give one value per class of data.classes "
+                             f"({', '.join(classes)}) or be {{}} (published/default values)"
+                             + (f"; unknown: {unknown}" if unknown else "") + (f"; missing: {missing}" if missing else ""))
+        bad = {c: t for c, t in st.thresholds.items() if not 0.0 <= t <= 1.0}
+        if bad:
+            raise ValueError(f"self_train.thresholds must be in [0, 1], got {bad}")
+    unknown = sorted(set(cfg.model.vote_weights) - set(VOTE_HEADS))
+    if unknown:
+        raise ValueError(f"model.vote_weights has unknown heads {unknown}; valid: {', '.join(VOTE_HEADS)}")
+    neg = {k: w for k, w in cfg.model.vote_weights.items() if w < 0}
+    if neg:
+        raise ValueError(f"model.vote_weights must be >= 0, got {neg}")
+    for member, over in cfg.recipe.member_overrides.items():  # each member's overrides must be valid settings
+        _merge(OmegaConf.structured(RunConfig), _from_dotlist(over, f"recipe.member_overrides.{member}"),
+               f"recipe.member_overrides.{member}")
+
+
+def check_model_names(cfg: RunConfig, known_models: Iterable[str]) -> None:
+    """``model.name``, ``recipe.vote_members`` and ``recipe.member_overrides`` keys must be known models."""
+    known = set(known_models)
+    for what, names in (("model.name", [cfg.model.name]), ("recipe.vote_members", cfg.recipe.vote_members),
+                        ("recipe.member_overrides", list(cfg.recipe.member_overrides))):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{what}: unknown model(s) {unknown}; available: {', '.join(sorted(known))}")
+
+
+def class_thresholds(cfg: RunConfig) -> list[float]:
+    """Self-training τ, one per class of ``cfg.data.classes`` in that order.
+
+    ``self_train.thresholds`` when set (validated to name exactly the classes); else the published
+    value of each MER class name (case-insensitive) and ``self_train.default_threshold`` for others.
+    """
+    st = cfg.self_train
+    if st.thresholds:
+        return [float(st.thresholds[c]) for c in cfg.data.classes]
+    return [float(PUBLISHED_THRESHOLDS.get(str(c).strip().lower(), st.default_threshold)) for c in cfg.data.classes]
 
 
 def to_yaml(cfg: RunConfig) -> str:

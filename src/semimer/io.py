@@ -1,7 +1,9 @@
 """Atomic file writes: a reader never sees a half-written file, a killed job never leaves one.
 
 Every writer goes to a temporary file in the destination folder, flushes, fsyncs and then
-``os.replace``-s it onto the final name (atomic on POSIX and Windows for one filesystem).
+``os.replace``-s it onto the final name (atomic on POSIX and Windows for one filesystem). The file
+gets the permissions of an ordinary ``open(path, "w")``: 0o666 less the user's umask (``mkstemp``
+alone would leave every prediction, weight and config file private, 0o600).
 """
 
 from __future__ import annotations
@@ -11,10 +13,30 @@ import csv
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask. POSIX can only read it by setting it, so set-and-restore under a lock
+    (threads of this module never see the temporary value; Linux reads /proc without touching it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -29,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -10,9 +10,10 @@ Two forms, same interface (:class:`FeatureStore`):
   (feature, level, dim, count, dtype, source). Opening it reads two small files; arrays are paged in
   by the OS on access, so a 115k-clip pool never has to fit in RAM.
 
-Stores are registered by decorator (``@register_store``) so new formats plug in without editing a
-dict. Every read checks the shape against the store's dim and values for NaN/Inf, and errors name
-the clip and the file.
+A pack records the state of the ``.npy`` folder it was packed from (file count, newest mtime); a
+pack whose folder changed since (clips re-extracted, added or removed) is refused on open rather
+than silently read. Every read checks the shape against the store's dim and values for NaN/Inf,
+and errors name the clip and the file.
 """
 
 from __future__ import annotations
@@ -23,24 +24,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from semimer.io import read_json, write_json
 
-STORE_TYPES: dict[str, type["FeatureStore"]] = {}
 PACKED_DIRNAME = "packed"
 FEATURES_DIRNAME = "features"
-
-
-def register_store(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        STORE_TYPES[name] = cls
-        cls.kind = name
-        return cls
-
-    return deco
 
 
 def level_of(shape: Sequence[int]) -> str:
@@ -125,9 +116,10 @@ class FeatureStore:
                 "count": len(self), "path": str(self.path)}
 
 
-@register_store("npy-folder")
 class NpyFolderStore(FeatureStore):
     """``<folder>/<name>.npy``, one file per clip (the field's layout)."""
+
+    kind = "npy-folder"
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder)
@@ -172,9 +164,10 @@ class NpyFolderStore(FeatureStore):
             raise ValueError(f"{f}: cannot read clip {name!r} ({exc}); re-extract this clip") from exc
 
 
-@register_store("packed")
 class PackedStore(FeatureStore):
     """A packed, memory-mapped store written by :func:`pack_folder`."""
+
+    kind = "packed"
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder)
@@ -185,6 +178,7 @@ class PackedStore(FeatureStore):
         self.feature = self.manifest["feature"]
         self.level = self.manifest["level"]
         self.dim = int(self.manifest["dim"])
+        self._check_fresh()
         self._names = json.loads((self.path / "names.json").read_text(encoding="utf-8"))
         self._index = {n: i for i, n in enumerate(self._names)}
         if len(self._index) != len(self._names):
@@ -193,6 +187,23 @@ class PackedStore(FeatureStore):
         self.offsets = np.load(self.path / "offsets.npy")
         if len(self.offsets) != len(self._names) + 1 or self.data.shape[-1] != self.dim:
             raise ValueError(f"{self.path}: data/offsets/names disagree; the pack is damaged, re-run `semimer pack`")
+
+    def _check_fresh(self) -> None:
+        """Refuse a pack older than its ``.npy`` folder: one scandir, no array read. A pack without
+        a recorded source (generated, or packed before this check existed) or whose folder is gone
+        is fine."""
+        state = self.manifest.get("source_state")
+        if not state:
+            return
+        src = Path(os.path.normpath(self.path / state["path"]))
+        now = _folder_state(src)
+        if now is None or (now["files"], now["mtime_ns"]) == (state["files"], state["mtime_ns"]):
+            return
+        change = (f"{now['files']} .npy files now, {state['files']} when packed" if now["files"] != state["files"]
+                  else "a .npy file was written since")
+        raise ValueError(f"{self.path} is out of date: {src} changed since it was packed ({change}); "
+                         f"run `semimer pack {src.parent.parent} {src.name}` again "
+                         f"(or read the .npy files directly with data.prefer=npy)")
 
     @property
     def names(self) -> list[str]:
@@ -263,6 +274,15 @@ class PackedStore(FeatureStore):
         return out
 
 
+def _folder_state(folder: Path) -> dict | None:
+    """``{"files": count, "mtime_ns": newest}`` of a folder's clip ``.npy`` files (None if it is gone)."""
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(".npy") and not e.name.startswith(".")]
+        return {"files": len(entries), "mtime_ns": max((e.stat().st_mtime_ns for e in entries), default=0)}
+    except FileNotFoundError:
+        return None
+
+
 def _npy_shape(path: Path) -> tuple[int, ...]:
     """Shape of a ``.npy`` without reading its data."""
     try:
@@ -315,6 +335,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
     """
     src = NpyFolderStore(folder)
     out = Path(out) if out else src.path.parent.parent / PACKED_DIRNAME / src.feature
+    state = _folder_state(src.path)  # before reading: a clip rewritten meanwhile makes the pack stale
     names = src.names
     shapes = [_npy_shape(src.path / f"{n}.npy") for n in names]
     for n, s in zip(names, shapes):
@@ -349,7 +370,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
     write_json(tmp / "manifest.json", {
         "feature": src.feature, "level": src.level, "dim": src.dim, "count": len(names),
         "rows": rows, "dtype": dtype, "source": str(src.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **extra,
+        "source_state": {"path": _relpath(src.path, out), **state}, **extra,
     })
     if out.exists():
         old = out.parent / f".{out.name}.old"
@@ -361,6 +382,14 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
     else:
         os.replace(tmp, out)
     return out
+
+
+def _relpath(target: Path, start: Path) -> str:
+    """``target`` relative to ``start`` (so a data root moved as a whole still finds its folders)."""
+    try:
+        return os.path.relpath(target.resolve(), start.resolve())
+    except ValueError:  # another drive (Windows)
+        return str(target.resolve())
 
 
 class PackedWriter:

@@ -71,9 +71,6 @@ VARIANT_SETS["all"] = VARIANT_SETS["recipe"] + [
     *VARIANT_SETS["model"][4:],
 ]
 
-RECIPE_DEFAULTS = ("model.name=mrccl", "pretrain.enabled=true", "train.oversample=true")
-
-
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
@@ -94,7 +91,9 @@ def _row_final(summary: dict) -> dict:
 
 def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], variant_set: str = "recipe",
                  overrides: Sequence[str] = (), test_labels: str | Path | None = None,
-                 config_file: str | None = None) -> dict:
+                 config_file: str | None = None, preset: str = "recipe", overwrite: bool = False) -> dict:
+    """Every variant's config: ``preset`` (the packaged recipe settings) <- ``config_file`` <-
+    ``overrides`` <- the variant's own overrides and the seed. ``overwrite`` goes to each run_recipe."""
     from semimer.semi.recipe import run_recipe
 
     if variant_set not in VARIANT_SETS:
@@ -109,11 +108,11 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
         for v in variants:
             if v.read_from:
                 continue
-            ov = [*RECIPE_DEFAULTS, f"data.root={data_root}", *overrides, *v.overrides, f"train.seed={seed}"]
-            cfg = load_config(config_file, ov)
+            ov = [f"data.root={data_root}", *overrides, *v.overrides, f"train.seed={seed}"]
+            cfg = load_config(config_file, ov, preset=preset)
             if data is None:
                 data = load_dataset(cfg.data.root, cfg.data.features(), cfg.data.classes, cfg.data.label_file,
-                                    cfg.data.candidate_file, cfg.data.prefer)
+                                    cfg.data.candidate_file, cfg.data.prefer, group_column=cfg.data.group_column)
             key = tuple(ov)
             if key in seen:  # identical settings (e.g. the same variant in two sets)
                 summaries[v.name] = summaries[seen[key]]
@@ -121,7 +120,7 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
             seen[key] = v.name
             log.info("ablation seed %d: %s", seed, v.name)
             summaries[v.name] = run_recipe(data, cfg, out / f"seed_{seed}" / _slug(v.name), test_labels,
-                                           pretrain_dir=out / f"seed_{seed}" / "_pretrain")
+                                           pretrain_dir=out / f"seed_{seed}" / "_pretrain", overwrite=overwrite)
             rows[v.name].append({"seed": seed, **_row_final(summaries[v.name])})
         for v in variants:
             if v.read_from:
