@@ -45,13 +45,25 @@ def run(args) -> int:
 
 
 def format_scores(s: dict) -> str:
+    """The human-readable form: headline scores, a per-class table (F1 and support; classes absent
+    from the labels marked ``absent``, not scored and not in macro-F1) and the confusion matrix,
+    all with full class names (columns are as wide as the longest name)."""
     classes = list(s["per_class_f1"])
+    support = [sum(row) for row in s["confusion"]]
+    absent = [c for c, v in s["per_class_f1"].items() if v is None]
+    n_present = len(classes) - len(absent)
     lines = [f"clips      {s['n']}", f"WAF        {100 * s['waf']:.2f}", f"accuracy   {100 * s['accuracy']:.2f}",
-             f"macro-F1   {100 * s['macro_f1']:.2f}", "per-class F1:"]
-    lines += [f"  {c:<9} {100 * v:6.2f}" for c, v in s["per_class_f1"].items()]
-    w = max(len(c) for c in classes)
+             f"macro-F1   {100 * s['macro_f1']:.2f}  (over the {n_present} classes present in the labels)"]
+    if absent:
+        lines.append(f"absent     {', '.join(absent)}  (no true clip: not scored, not in macro-F1)")
+    w = max([len(c) for c in classes] + [5])
+    lines.append("per-class F1:")
+    lines.append(f"  {'class':<{w}} {'F1':>6} {'clips':>6}")
+    for c, v, n in zip(classes, s["per_class_f1"].values(), support):
+        lines.append(f"  {c:<{w}} {'absent' if v is None else f'{100 * v:6.2f}':>6} {n:>6}")
+    cw = max([len(c) for c in classes] + [len(str(v)) for row in s["confusion"] for v in row] + [4])
     lines.append("confusion (rows true, columns predicted):")
-    lines.append(" " * (w + 2) + " ".join(f"{c[:6]:>6}" for c in classes))
+    lines.append(" " * (w + 2) + " " + " ".join(f"{c:>{cw}}" for c in classes))
     for c, row in zip(classes, s["confusion"]):
-        lines.append(f"  {c:<{w}}" + " ".join(f"{v:>6}" for v in row))
+        lines.append(f"  {c:<{w}} " + " ".join(f"{v:>{cw}}" for v in row))
     return "\n".join(lines)
