@@ -7,6 +7,7 @@ need another run (determinism, pseudo-labels, resume) make their own.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -103,7 +104,7 @@ def test_predictions_cover_every_candidate(run, data):
 def test_metrics_json_agrees_with_oof_csv(run, data):
     """cv.* is mean ± sample std over folds of sklearn's scores on each fold's OOF rows."""
     m = json.loads((run / "metrics.json").read_text())
-    assert m["cv"]["waf"]["n"] == 5 and m["n_labeled"] == 240 and m["n_pseudo"] == 0 and m["n_candidates"] == 300
+    assert m["cv"]["waf"]["n"] == 5 and m["n_labeled"] == 240 and m["n_pseudo"] == [0] * 5 and m["n_candidates"] == 300
     assert m["model"] == "attention" and m["seed"] == 0
     oof = read_rows(run / "oof.csv")
     assert [r["name"] for r in oof] == data.labeled
@@ -159,8 +160,12 @@ def test_resume_reuses_finished_folds(run, tiny_data, tmp_path):
         assert (resumed / f).read_bytes() == (run / f).read_bytes(), f
     m, m0 = (json.loads((d / "metrics.json").read_text()) for d in (resumed, run))
     assert m["cv"] == m0["cv"] and m["folds"] == m0["folds"]
-    # a different config retrains everything
-    assert main(["train", "--data", str(tiny_data[0]), "--out", str(resumed), "train.epochs=2", "train.progress=false", "train.threads=1"]) == 0
+    # a different config is refused without --overwrite (nothing touched), retrains everything with it
+    other = ["train", "--data", str(tiny_data[0]), "--out", str(resumed), "train.epochs=2", "train.progress=false",
+             "train.threads=1"]
+    assert main(other) == 1
+    assert {k: (resumed / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(4)} == before
+    assert main([*other, "--overwrite"]) == 0
     assert all((resumed / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns != before[k] for k in range(4))
 
 
@@ -171,7 +176,7 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
     res = run_cv(data, cfg, tmp_path / "pseudo", pseudo=pseudo)
     out = tmp_path / "pseudo"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n_labeled"] == 240 and m["n_pseudo"] == 80
+    assert m["n_labeled"] == 240 and m["n_pseudo"] == [80] * 5
     assert sum(f["n"] for f in m["folds"]) == 240
     assert [r["name"] for r in read_rows(out / "oof.csv")] == data.labeled
     assert [r["name"] for r in read_rows(out / "folds.csv")] == data.labeled
@@ -189,26 +194,72 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
 
 
 def test_folds_finished_under_other_inputs_are_never_reused_after_a_kill(data, tmp_path, monkeypatch):
-    """Run A finishes every fold; run B (other settings) is killed after its first fold; B restarted
-    must retrain folds 1.. rather than take A's finished folds as its own."""
+    """Run A finishes every fold; run B (other settings) is killed in its first fold; B restarted
+    must retrain every fold rather than take A's finished folds as its own."""
+    import semimer.train.cv as cvmod
+    from semimer.train.run_state import RunExistsError
+
+    base = [f"data.root={data.root}", "train.folds=3", "train.progress=false", "train.threads=1", "model.hidden=16"]
+    run_cv(data, load_config(None, [*base, "train.epochs=1"]), tmp_path / "r")
+    a_folds = [(tmp_path / "r" / f"fold_{k}" / "model.safetensors").read_bytes() for k in range(3)]
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("simulated kill in fold 0")
+
+    cfg_b = load_config(None, [*base, "train.epochs=2", "train.lr=0.003"])
+    with pytest.raises(RunExistsError, match="other settings"):
+        run_cv(data, cfg_b, tmp_path / "r")
+    monkeypatch.setattr(cvmod, "fit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(data, cfg_b, tmp_path / "r", overwrite=True)
+    monkeypatch.undo()
+    res = run_cv(data, cfg_b, tmp_path / "r")  # B's own settings now: no --overwrite needed
+    for k in range(3):
+        assert (tmp_path / "r" / f"fold_{k}" / "model.safetensors").read_bytes() != a_folds[k]
+        assert len(json.loads((tmp_path / "r" / f"fold_{k}" / "result.json").read_text())["history"]) == 2
+    assert len(res.metrics["folds"]) == 3
+
+
+def test_the_scored_fold_never_chooses_anything(data, tmp_path, monkeypatch):
+    """Leak probe: with the same fold assignment, changing the labels of fold 0's clips leaves
+    fold 0's model bit-identical (its epoch is chosen on an inner split of the other folds)."""
     import semimer.train.cv as cvmod
 
-    base = [f"data.root={data.root}", "train.folds=2", "train.progress=false", "train.threads=1", "model.hidden=16"]
-    run_cv(data, load_config(None, [*base, "train.epochs=1"]), tmp_path / "r")
-    a_fold1 = (tmp_path / "r" / "fold_1" / "model.safetensors").read_bytes()
-    real_fit, calls = cvmod.fit, []
+    cfg = load_config(None, [f"data.root={data.root}", "train.epochs=4", "train.patience=2", "train.progress=false",
+                             "train.threads=1", "model.hidden=16", "train.oversample=true"])
+    fold = cvmod.data_folds(data, cfg)
+    monkeypatch.setattr(cvmod, "data_folds", lambda d, c: fold)
+    cvmod.cross_validate(data, cfg, tmp_path / "a", predict_candidates=False)
+    flipped = dataclasses.replace(data, labels=np.where(fold == 0, (data.labels + 1) % 6, data.labels))
+    cvmod.cross_validate(flipped, cfg, tmp_path / "b", predict_candidates=False)
+    a, b = (json.loads((tmp_path / d / "fold_0" / "result.json").read_text()) for d in ("a", "b"))
+    assert a["best_epoch"] == b["best_epoch"] and a["selected_on"] == "inner"
+    assert [h["val_waf"] for h in a["history"]] == [h["val_waf"] for h in b["history"]]
+    assert ((tmp_path / "a" / "fold_0" / "model.safetensors").read_bytes()
+            == (tmp_path / "b" / "fold_0" / "model.safetensors").read_bytes())
+    # the other folds did train on fold 0's (changed) labels
+    assert ((tmp_path / "a" / "fold_1" / "model.safetensors").read_bytes()
+            != (tmp_path / "b" / "fold_1" / "model.safetensors").read_bytes())
+    # the chosen epoch is the argmax of the inner split's WAF, never of the scored fold's
+    assert a["best_epoch"] == int(np.argmax([h["val_waf"] for h in a["history"]]))
 
-    def killed_second(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_fit(*a, **kw)
 
-    cfg_b = load_config(None, [*base, "train.epochs=2"])
-    monkeypatch.setattr(cvmod, "fit", killed_second)
-    with pytest.raises(KeyboardInterrupt):
-        run_cv(data, cfg_b, tmp_path / "r")
-    monkeypatch.setattr(cvmod, "fit", real_fit)
-    res = run_cv(data, cfg_b, tmp_path / "r")
-    assert (tmp_path / "r" / "fold_1" / "model.safetensors").read_bytes() != a_fold1
-    assert len(res.metrics["folds"]) == 2 and all(len(json.loads((tmp_path / "r" / f"fold_{k}" / "result.json").read_text())["history"]) == 2 for k in range(2))
+def test_grouped_cv_keeps_groups_whole(tiny_data, tmp_path):
+    """data.group_column: every group (here: 40 'speakers') lies in exactly one fold."""
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_data[0], ds)
+    rows = read_rows(ds / "label-disdim.csv")
+    for i, r in enumerate(rows):
+        r["speaker"] = f"spk{i % 40}"
+    with open(ds / "label-disdim.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["train", "--data", str(ds), "--out", str(tmp_path / "g"), "data.group_column=speaker",
+                 "train.epochs=1", "train.progress=false", "train.threads=1", "model.hidden=16"]) == 0
+    folds = read_rows(tmp_path / "g" / "folds.csv")
+    fold_of_group = {}
+    for r in folds:
+        fold_of_group.setdefault(r["group"], set()).add(r["fold"])
+    assert len(fold_of_group) == 40 and all(len(f) == 1 for f in fold_of_group.values())
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text())["n_groups"] == 40

@@ -97,3 +97,39 @@ def test_oversample_balanced_or_bad_ratio():
     for bad in (0, -0.5, 1.5):
         with pytest.raises(ValueError, match="ratio"):
             oversample_indices(labels, bad)
+
+
+def test_grouped_folds_keep_every_group_in_one_fold_and_stay_roughly_stratified():
+    from semimer.data.folds import assign_folds
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=300)
+    groups = rng.integers(0, 60, size=300)
+    fold = assign_folds(y, 5, seed=1, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g].tolist())) == 1
+    assert set(fold.tolist()) == set(range(5))
+    with pytest.raises(ValueError, match="distinct groups"):
+        assign_folds(y, 5, groups=np.arange(300) % 3)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_inner_split_is_a_stratified_partition_of_the_training_clips_only(grouped):
+    from semimer.data.folds import assign_folds, inner_split
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), [80, 60, 40, 20])
+    groups = rng.integers(0, 50, size=len(y)) if grouped else None
+    fold = assign_folds(y, 5, seed=0, groups=groups)
+    tr = np.flatnonzero(fold != 0)
+    fit, sel = inner_split(tr, y, 0.2, seed=7, groups=groups)
+    assert sorted(np.concatenate([fit, sel]).tolist()) == tr.tolist() and not set(fit) & set(sel)
+    assert not set(sel.tolist()) & set(np.flatnonzero(fold == 0).tolist())
+    assert 0.1 < len(sel) / len(tr) < 0.3
+    if grouped:
+        assert not set(groups[fit].tolist()) & set(groups[sel].tolist())
+    else:  # stratified: each class's share within 2 clips of its share of the training clips
+        for c in range(4):
+            assert abs((y[sel] == c).sum() - (y[tr] == c).mean() * len(sel)) <= 2
+    again = inner_split(tr, y, 0.2, seed=7, groups=groups)
+    assert np.array_equal(again[0], fit) and np.array_equal(again[1], sel)

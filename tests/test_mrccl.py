@@ -137,6 +137,10 @@ def test_bad_vote_config_is_rejected():
         make(["model.vote_weights.speech=1.0"])
 
 
+def info_stats(tmp_path):
+    return __import__("json").loads((tmp_path / "run/pretrain/pretrain.json").read_text())["standardizer_from"]
+
+
 def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     import semimer.train.pretrain as pt
     from semimer.data.layout import load_dataset
@@ -157,8 +161,11 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "features", spy)
     state = pt.pretrain_for_run(data, cfg, tmp_path / "run")
     pool = len(set(data.unlabeled) | set(data.labeled))
+    unlabeled = len(set(data.unlabeled) - set(data.labeled))
     assert max(seen) <= 100, "the pool (and the statistics sample) must be streamed in chunks"
-    assert sum(seen) == min(pt.STATS_SAMPLE, pool) + 2 * pool  # statistics sample, then every clip once per epoch
+    # statistics sample (unlabeled clips only: no labeled clip shapes them), then every clip once per epoch
+    assert sum(seen) == min(pt.STATS_SAMPLE, unlabeled) + 2 * pool
+    assert info_stats(tmp_path) == "unlabeled clips"
     assert (tmp_path / "run/pretrain/model.safetensors").is_file()
     assert not any(k.startswith("heads.") for k in state)
     info = __import__("json").loads((tmp_path / "run/pretrain/pretrain.json").read_text())

@@ -190,7 +190,7 @@ def test_selection_csv_appends_rounds(tmp_path):
     th = published_thresholds(CLASSES)
     r1 = select_pseudo_labels(PROBS, NAMES, th, CLASSES, exclude={"d", "e", "g"})  # a, c
     write_selection_csv(path, r1, CLASSES, 1)
-    assert path.read_text().splitlines()[0] == "name,discrete,confidence,round"
+    assert path.read_text().splitlines()[0] == "name,discrete,confidence,round,fold"
     r2 = select_pseudo_labels(PROBS, NAMES, th, CLASSES, exclude=set(r1.names))  # d, e, g
     write_selection_csv(path, r2, CLASSES, 2)
     rec = read_selection_csv(path)
@@ -206,6 +206,11 @@ def test_selection_csv_appends_rounds(tmp_path):
     # a clip already pseudo-labeled in another round is refused
     with pytest.raises(ValueError, match="another round"):
         write_selection_csv(path, r1, CLASSES, 3)
+    # ... but the same clip may be pseudo-labeled for another fold (each fold has its own labeler)
+    write_selection_csv(path, r1, CLASSES, 1, fold=2)
+    rec = read_selection_csv(path)
+    assert rec.for_fold(2).names == ["a", "c"] and rec.for_fold(0).names == ["a", "c", "d", "e", "g"]
+    assert rec.folds.tolist() == [0, 0, 2, 2, 0, 0, 0] and rec.rounds.tolist() == [1, 1, 1, 1, 2, 2, 2]
     # no temporary files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pseudo.csv"]
 

@@ -57,7 +57,17 @@ def test_recipe_outputs_and_honest_cv(tiny, tmp_path):
     folds = read_rows(run / "round_1" / "folds.csv")
     assert {r["name"] for r in folds} == set(data.labeled) and not pseudo_names & {r["name"] for r in folds}
     m = json.loads((run / "round_1" / "metrics.json").read_text())
-    assert m["n_labeled"] == len(data.labeled) and m["n_pseudo"] == len(pseudo)
+    per_fold = [sum(1 for r in pseudo if r["fold"] == str(k)) for k in range(cfg.train.folds)]
+    assert m["n_labeled"] == len(data.labeled) and m["n_pseudo"] == per_fold
+    assert s["pseudo_labels_per_round"]["1"]["per_fold"] and s["final"]["what"].startswith("soft vote")
+    # the reported vote score is the nested one, and oof.csv holds exactly those predictions
+    vote = s["stages"]["vote"]
+    oof_final = read_rows(run / "oof.csv")
+    pred = [r["discrete"] for r in oof_final]
+    true = [r["true"] for r in oof_final]
+    from sklearn.metrics import f1_score
+    assert f1_score(true, pred, average="weighted") == pytest.approx(vote["nested_oof_waf"], abs=1e-9)
+    assert s["final"]["oof_waf"] == vote["nested_oof_waf"] and s["final"]["cv_waf"] == vote["cv_waf"]
     # every pseudo-label reached its class threshold
     assert all(float(r["confidence"]) >= 0.2 - 1e-6 for r in pseudo)
     # submission: name,discrete, one row per candidate, valid words
@@ -83,7 +93,7 @@ def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch)
     ds, test_labels = tiny
     cfg = recipe_cfg(ds)
     data = load_dataset(ds, cfg.data.features())
-    real_run_cv = recipe.run_cv
+    real_run_cv = recipe.cross_validate
     calls = []
 
     def killed_at_members(data_, cfg_, out, **kw):
@@ -92,7 +102,7 @@ def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch)
             raise KeyboardInterrupt("simulated kill")
         return real_run_cv(data_, cfg_, out, **kw)
 
-    monkeypatch.setattr(recipe, "run_cv", killed_at_members)
+    monkeypatch.setattr(recipe, "cross_validate", killed_at_members)
     with pytest.raises(KeyboardInterrupt):
         recipe.run_recipe(data, cfg, tmp_path / "run", test_labels)
     run = tmp_path / "run"
@@ -110,7 +120,7 @@ def test_recipe_resumes_after_a_kill_between_stages(tiny, tmp_path, monkeypatch)
         trained.append(kw.get("desc"))
         return real_fit(*a, **kw)
 
-    monkeypatch.setattr(recipe, "run_cv", real_run_cv)
+    monkeypatch.setattr(recipe, "cross_validate", real_run_cv)
     monkeypatch.setattr(cvmod, "fit", counting_fit)
     monkeypatch.setattr(ptmod, "build_model", None)  # pre-training must be reused, not rebuilt
     s = recipe.run_recipe(data, cfg, run, test_labels)
@@ -135,6 +145,8 @@ def test_no_pseudo_labels_at_strict_thresholds_stops_self_training(tiny, tmp_pat
     data = load_dataset(ds, cfg.data.features())
     s = run_recipe(data, cfg, tmp_path / "run")
     assert s["final_round"] == 0 and not (tmp_path / "run" / "round_1").exists()
+    assert s["stages"]["round_1"]["skipped"] and "cv_waf" not in s["stages"]["round_1"]
+    assert "skipped" in (tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "ensemble.json").read_text())["members"] == [{"dir": "round_0", "weight": 1.0}]
 
 
@@ -153,3 +165,27 @@ def test_ablate_command_prints_the_table(tiny, tmp_path, capsys):
     assert rows["MR-CCL + pre-training (round 0)"]["cv_waf"]["mean"] == full["stages"]["round_0"]["cv_waf"]["mean"]
     last = f"round_{full['final_round']}"
     assert rows["w/o voting"]["test_waf"]["mean"] == full["stages"][last]["test"]["waf"]
+
+
+def test_per_fold_pseudo_labels_do_not_depend_on_the_folds_own_labels(tiny, tmp_path, monkeypatch):
+    """Leak probe: with the same folds, changing the labels of fold 0's clips leaves the
+    pseudo-labels that enter fold 0's training part unchanged (they come from fold 0's model)."""
+    import dataclasses
+
+    import semimer.semi.recipe as recipe
+    import semimer.train.cv as cvmod
+
+    ds, _ = tiny
+    cfg = recipe_cfg(ds, ["recipe.vote_members=[mrccl]", "pretrain.enabled=false", "self_train.calibrate=false"])
+    data = load_dataset(ds, cfg.data.features())
+    fold = cvmod.data_folds(data, cfg)
+    monkeypatch.setattr(cvmod, "data_folds", lambda d, c: fold)
+    monkeypatch.setattr(recipe, "data_folds", lambda d, c: fold)
+    recipe.run_recipe(data, cfg, tmp_path / "a")
+    flipped = dataclasses.replace(data, labels=np.where(fold == 0, (data.labels + 1) % 6, data.labels))
+    recipe.run_recipe(flipped, cfg, tmp_path / "b")
+    rows = {d: read_rows(tmp_path / d / "pseudo_labels.csv") for d in ("a", "b")}
+    f0 = {d: [(r["name"], r["discrete"]) for r in rows[d] if r["fold"] == "0"] for d in rows}
+    f1 = {d: [(r["name"], r["discrete"]) for r in rows[d] if r["fold"] == "1"] for d in rows}
+    assert f0["a"] and f0["a"] == f0["b"]
+    assert f1["a"] != f1["b"]  # fold 1's model trained on fold 0's (changed) labels

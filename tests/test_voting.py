@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 
 from semimer import MER2024_CLASSES
 from semimer.eval.predictions import write_predictions
-from semimer.semi.voting import _simplex_grid, _waf_fast, fit_vote_weights, soft_vote, vote_runs
+from semimer.semi.voting import _simplex_grid, _waf_fast, fit_vote_weights, nested_vote, soft_vote
 
 CLASSES = list(MER2024_CLASSES)
 K = len(CLASSES)
@@ -73,20 +73,6 @@ def test_perfect_model_gets_the_weight():
     assert waf3 == pytest.approx(1.0) and w3.argmax() == 1 and w3.sum() == pytest.approx(1.0)
 
 
-def test_coordinate_ascent_with_many_models():
-    y, perfect, random = _perfect_and_random()
-    rng = np.random.default_rng(2)
-    models = [np.eye(K)[rng.integers(0, K, len(y))] for _ in range(4)] + [perfect]
-    w, waf = fit_vote_weights(models, y)  # 5 models -> coordinate ascent from equal weights
-    assert waf == pytest.approx(1.0)
-    assert w.argmax() == 4 and w.sum() == pytest.approx(1.0) and (w >= 0).all()
-    w2, _ = fit_vote_weights(models, y, method="coordinate", seed=0)
-    np.testing.assert_array_equal(w, w2)  # deterministic
-    wg, wafg = fit_vote_weights(models[-3:], y, method="grid")
-    wc, wafc = fit_vote_weights(models[-3:], y, method="coordinate")
-    assert wafg == pytest.approx(1.0) and wafc == pytest.approx(1.0)
-
-
 def test_ties_prefer_uniform_weights():
     y, perfect, _ = _perfect_and_random()
     w, waf = fit_vote_weights([perfect, perfect.copy()], y)  # identical models: every weight ties
@@ -105,14 +91,12 @@ def test_fit_vote_weights_validation():
         fit_vote_weights([perfect, random], y[:-1])
     with pytest.raises(ValueError, match="outside"):
         fit_vote_weights([perfect, random], y + K)
-    with pytest.raises(ValueError, match="method"):
-        fit_vote_weights([perfect, random], y, method="bayes")
 
 
 def test_weights_are_fitted_on_oof_only():
     # fit_vote_weights cannot see candidate/test predictions: its inputs are OOF arrays and labels
     params = list(inspect.signature(fit_vote_weights).parameters)
-    assert params == ["oof_list", "y", "grid_step", "method", "seed"]
+    assert params == ["oof_list", "y", "grid_step"]
     # OOF: A perfect, B random; "test": B perfect, A random. Weights must favour A.
     y, a_oof, b_oof = _perfect_and_random(seed=3)
     y_test, b_test, a_test = _perfect_and_random(seed=4)
@@ -123,81 +107,40 @@ def test_weights_are_fitted_on_oof_only():
     assert w_leak[1] > w_leak[0]
 
 
-# --- run folders on disk ------------------------------------------------------------------------
+# --- the nested (out-of-sample) vote -------------------------------------------------------------
 
 
-def _write_run(d, oof_names, oof_probs, y, cand_names, cand_probs, order=None, cand_order=None, classes=CLASSES):
-    order = np.arange(len(oof_names)) if order is None else np.asarray(order)
-    cand_order = np.arange(len(cand_names)) if cand_order is None else np.asarray(cand_order)
-    write_predictions(d / "oof.csv", [oof_names[i] for i in order], oof_probs[order], classes,
-                      extra={"true": [CLASSES[int(y[i])] for i in order], "fold": [int(i) % 5 for i in order]})
-    write_predictions(d / "predictions.csv", [cand_names[i] for i in cand_order], cand_probs[cand_order], classes)
-
-
-@pytest.fixture
-def two_runs(tmp_path):
-    """Run A is perfect on OOF and random on candidates, run B the reverse; rows in different orders."""
-    y, a_oof, b_oof = _perfect_and_random(n=60, seed=5)
-    y_c, b_cand, a_cand = _perfect_and_random(n=30, seed=6)
-    oof_names = [f"L{i:03d}" for i in range(len(y))]
-    cand_names = [f"C{i:03d}" for i in range(len(y_c))]
-    rng = np.random.default_rng(7)
-    a, b = tmp_path / "runA", tmp_path / "runB"
-    _write_run(a, oof_names, a_oof, y, cand_names, a_cand)
-    _write_run(b, oof_names, b_oof, y, cand_names, b_cand, order=rng.permutation(len(y)),
-               cand_order=rng.permutation(len(y_c)))
-    return a, b, dict(y=y, a_oof=a_oof, b_oof=b_oof, a_cand=a_cand, b_cand=b_cand,
-                      oof_names=oof_names, cand_names=cand_names)
-
-
-def test_vote_runs_matches_rows_by_name(two_runs):
-    a, b, t = two_runs
-    res = vote_runs([a, b], weights=[0.5, 0.5])
-    assert res.names == t["cand_names"] and res.oof_names == t["oof_names"]  # first run's order
-    # files store 6 decimals (float32): compare against the in-memory arrays at that precision
-    np.testing.assert_allclose(res.probs, 0.5 * t["a_cand"] + 0.5 * t["b_cand"], atol=2e-6)
-    np.testing.assert_allclose(res.oof_probs, 0.5 * t["a_oof"] + 0.5 * t["b_oof"], atol=2e-6)
-    assert res.oof_labels.tolist() == t["y"].tolist()
-    assert res.run_waf[0] == pytest.approx(1.0) and res.run_waf[1] < 0.5
-    assert res.classes == CLASSES
-
-
-def test_vote_runs_fits_on_oof_and_ignores_candidate_rows(two_runs, tmp_path):
-    a, b, t = two_runs
-    res = vote_runs([a, b])
-    assert res.weights[0] > res.weights[1]  # A is better on OOF although B is better on candidates
-    np.testing.assert_allclose(res.weights, [0.6, 0.4], atol=1e-12)
-    assert res.voted_waf == pytest.approx(1.0)
-    # shuffle B's candidate rows (and change its candidate probabilities): same weights
+def test_nested_vote_fits_each_fold_on_the_other_folds_only():
+    """Fold k's weights equal fit_vote_weights on the rows of the other folds (computed here
+    independently), and fold k's voted rows are soft_vote of its own rows with those weights."""
     rng = np.random.default_rng(11)
-    perm = rng.permutation(len(t["cand_names"]))
-    write_predictions(b / "predictions.csv", [t["cand_names"][i] for i in perm],
-                      rng.dirichlet(np.ones(K), len(perm)), CLASSES)
-    res2 = vote_runs([a, b])
-    np.testing.assert_array_equal(res2.weights, res.weights)
-    assert res2.names == res.names
+    y = rng.integers(0, K, size=90)
+    fold = np.arange(90) % 3
+    members = [rng.dirichlet(np.ones(K), size=90) for _ in range(3)]
+    members[0][np.arange(90), y] += 0.5 * (fold != 1)  # member 0 is good except on fold 1
+    members = [m / m.sum(1, keepdims=True) for m in members]
+    voted, weights = nested_vote(members, y, fold, grid_step=0.25)
+    for k in range(3):
+        w, _ = fit_vote_weights([m[fold != k] for m in members], y[fold != k], grid_step=0.25)
+        np.testing.assert_allclose(weights[k], w)
+        np.testing.assert_allclose(voted[fold == k], soft_vote([m[fold == k] for m in members], w))
+    # changing fold 0's labels cannot change the weights used on fold 0
+    y2 = np.where(fold == 0, (y + 1) % K, y)
+    _, weights2 = nested_vote(members, y2, fold, grid_step=0.25)
+    np.testing.assert_allclose(weights2[0], weights[0])
 
 
-def test_vote_runs_errors_name_the_runs(two_runs):
-    a, b, t = two_runs
-    write_predictions(b / "predictions.csv", t["cand_names"][:-1], t["b_cand"][:-1], CLASSES)
-    with pytest.raises(ValueError, match=r"runA.*runB|runB.*runA") as exc:
-        vote_runs([a, b])
-    assert t["cand_names"][-1] in str(exc.value)
-
-
-def test_vote_runs_class_columns_by_name_and_y_labels(two_runs, tmp_path):
-    a, b, t = two_runs
-    # run B written with its class columns in another order: matched by class name
-    perm = [5, 4, 3, 2, 1, 0]
-    c = tmp_path / "runB_perm"
-    _write_run(c, t["oof_names"], t["b_oof"][:, perm], t["y"], t["cand_names"], t["b_cand"][:, perm],
-               classes=[CLASSES[i] for i in perm])
-    r1, r2 = vote_runs([a, b], weights=[1, 3]), vote_runs([a, c], weights=[1, 3])
-    np.testing.assert_allclose(r1.probs, r2.probs, atol=1e-12)
-    # y_labels overrides the `true` column (words or indices)
-    ylab = {n: int(v) for n, v in zip(t["oof_names"], t["y"])}
-    r3 = vote_runs([a, b], y_labels=ylab)
-    np.testing.assert_allclose(r3.weights, [0.6, 0.4])
-    with pytest.raises(ValueError, match="lacks"):
-        vote_runs([a, b], y_labels={t["oof_names"][0]: 0})
+def test_nested_vote_of_noise_members_scores_at_chance_while_the_in_sample_fit_is_optimistic():
+    """Members that are pure noise: weights fitted and scored on the same OOF rows look better than
+    chance; the nested vote does not (averaged over repetitions)."""
+    rng = np.random.default_rng(0)
+    in_sample, nested = [], []
+    for _ in range(30):
+        y = rng.integers(0, K, size=60)
+        fold = rng.permutation(np.arange(60) % 5)
+        members = [rng.dirichlet(np.ones(K), size=60) for _ in range(4)]
+        in_sample.append(fit_vote_weights(members, y, grid_step=0.25)[1])
+        voted, _ = nested_vote(members, y, fold, grid_step=0.25)
+        nested.append(f1_score(y, voted.argmax(1), average="weighted"))
+    assert np.mean(in_sample) > np.mean(nested) + 0.03
+    assert abs(np.mean(nested) - 1 / K) < 0.06

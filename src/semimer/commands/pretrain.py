@@ -17,9 +17,12 @@ def run(args) -> int:
     from semimer.io import read_json
     from semimer.train.pretrain import pretrain_for_run
 
+    # what this command is, not a default: MR-CCL with pre-training, whatever the preset or YAML say
     cfg = config_from_args(args, ["model.name=mrccl", "pretrain.enabled=true"])
     data = load_data(cfg)
-    pretrain_for_run(data, cfg, args.out)
+    # the folder is not claimed as a run: pre-training is keyed by its own fingerprint (recomputed
+    # when its settings change), so a later `train`/`recipe` with the same --out can reuse it
+    pretrain_for_run(data, cfg, args.out, claim=False)
     info = read_json(Path(args.out) / "pretrain" / "pretrain.json")
     print(f"pre-trained on {info['clips']} clips x {info['epochs']} epochs in {info['seconds']} s "
           f"({info['clips_per_s']} clips/s) -> {Path(args.out) / 'pretrain'}")

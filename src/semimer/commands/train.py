@@ -6,7 +6,7 @@ HELP = "train with stratified, seeded K-fold CV; writes metrics, predictions, we
 def add_arguments(p):
     from semimer.commands._common import add_data_arguments
 
-    add_data_arguments(p)
+    add_data_arguments(p, preset="train")
     p.add_argument("--model", help="model name (see `semimer models`); default attention")
     p.add_argument("--out", required=True, help="run folder")
 
@@ -21,10 +21,10 @@ def run(args) -> int:
     if cfg.model.name == "mrccl" and cfg.pretrain.enabled:
         from semimer.train.pretrain import pretrain_for_run
 
-        init = pretrain_for_run(data, cfg, args.out)
+        init = pretrain_for_run(data, cfg, args.out, overwrite=args.overwrite)
     else:
         init = None
-    res = run_cv(data, cfg, args.out, init_state=init)
+    res = run_cv(data, cfg, args.out, init_state=init, overwrite=args.overwrite)
     m = res.metrics
     print(f"CV WAF {fmt(m['cv']['waf'])}  accuracy {fmt(m['cv']['accuracy'])}  macro-F1 {fmt(m['cv']['macro_f1'])}"
           f"  ({cfg.train.folds} folds, model {cfg.model.name}) -> {args.out}")

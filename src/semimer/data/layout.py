@@ -81,6 +81,20 @@ def load_labels(path: str | os.PathLike, classes: Sequence[str] = MER2024_CLASSE
     return out
 
 
+def load_groups(path: str | os.PathLike, column: str, names: Sequence[str]) -> np.ndarray:
+    """Group ids (speaker, dialogue, session: ``data.group_column``) of ``names`` from the label
+    file; grouped CV keeps every group in one fold. A missing column or an empty id is an error."""
+    rows = read_csv(path)
+    if column not in rows[0]:
+        raise ValueError(f"{path} has no column {column!r} for data.group_column (columns: {', '.join(rows[0])})")
+    of = {r["name"].strip(): (r[column] or "").strip() for r in rows}
+    empty = [n for n in names if not of.get(n)]
+    if empty:
+        raise ValueError(f"{path}: {len(empty)} labeled clip(s) have an empty {column!r}, e.g. {empty[:3]}; "
+                         f"fill it in (a unique id per clip is a group of one)")
+    return np.array([of[n] for n in names], dtype=object)
+
+
 def load_names(path: str | os.PathLike) -> list[str]:
     """A CSV's ``name`` column (candidates), duplicates rejected."""
     rows = read_csv(path)
@@ -126,6 +140,7 @@ class MERData:
     label_file: Path | None = None
     candidate_file: Path | None = None
     notes: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None  # (n_labeled,) group ids for grouped CV (data.group_column)
 
     @property
     def modalities(self) -> list[str]:
@@ -143,14 +158,15 @@ class MERData:
 
     def summary(self) -> dict:
         counts = np.bincount(self.labels, minlength=len(self.classes)).tolist()
-        return {"root": str(self.root), "labeled": len(self.labeled), "unlabeled": len(self.unlabeled),
+        return {"root": str(self.root), "labeled": len(self.labeled),
+                "groups": None if self.groups is None else len(set(self.groups.tolist())), "unlabeled": len(self.unlabeled),
                 "candidates": len(self.candidates), "class_counts": dict(zip(self.classes, counts)),
                 "features": {m: s.describe() for m, s in self.stores.items()}}
 
 
 def load_dataset(root: str | os.PathLike, features: dict[str, str], classes: Sequence[str] = MER2024_CLASSES,
                  label_file: str | None = None, candidate_file: str | None = None,
-                 prefer: str = "packed") -> MERData:
+                 prefer: str = "packed", group_column: str | None = None) -> MERData:
     """Resolve ``features`` (modality -> feature folder name) under ``root`` and check coverage."""
     root = Path(root)
     if not root.is_dir():
@@ -191,6 +207,7 @@ def load_dataset(root: str | os.PathLike, features: dict[str, str], classes: Seq
     else:
         candidates = list(unlabeled)
     y = np.array([labels[n] for n in labeled], dtype=np.int64)
+    groups = load_groups(lab_path, group_column, labeled) if group_column else None
     return MERData(root=root, classes=tuple(classes), stores=stores, labeled=labeled, labels=y,
                    unlabeled=unlabeled, candidates=candidates, label_file=lab_path,
-                   candidate_file=cand_path, notes=notes)
+                   candidate_file=cand_path, notes=notes, groups=groups)

@@ -8,8 +8,9 @@ A clip is kept iff its top-class probability reaches the threshold τ_c of its p
 * FlexMatch-style class-adaptive thresholds (:func:`adaptive_thresholds`).
 
 Pseudo-labeled clips go into training folds only; the CV score stays on real labels (see
-:mod:`semimer.train.cv`). Every round's selection is appended to one CSV
-(``name,discrete,confidence,round``) by :func:`write_selection_csv`.
+:mod:`semimer.train.cv`), and the recipe selects them per fold with that fold's own model
+(:mod:`semimer.semi.recipe`). Every round's selection is appended to one CSV
+(``name,discrete,confidence,round,fold``) by :func:`write_selection_csv`.
 
 Pure numpy: nothing here needs torch.
 """
@@ -23,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from semimer.io import read_csv, write_csv
+from semimer.semi.calibration import apply_temperature, fit_temperature  # noqa: F401  (re-exported)
 
 #: Published thresholds by class name (Fan et al. 2024).
 PUBLISHED_THRESHOLDS: dict[str, float] = {
@@ -38,7 +40,7 @@ THRESHOLD_ATOL = 1e-7
 #: Rows of a probability matrix must sum to 1 within this tolerance.
 SUM_ATOL = 1e-3
 
-SELECTION_COLUMNS = ("name", "discrete", "confidence", "round")
+SELECTION_COLUMNS = ("name", "discrete", "confidence", "round", "fold")
 
 
 @dataclass
@@ -260,12 +262,15 @@ def select_pseudo_labels(probs: np.ndarray, names: Sequence[str], thresholds, cl
 
 @dataclass
 class SelectionRecords:
-    """Rows of a pseudo-label CSV (``name,discrete,confidence,round``), in file order."""
+    """Rows of a pseudo-label CSV (``name,discrete,confidence,round,fold``), in file order.
+    ``fold`` is the CV fold whose training part the clip joins (its label came from that fold's
+    model, which never trained on that fold's validation clips)."""
 
     names: list[str]
     discrete: list[str]
     confidence: np.ndarray
     rounds: np.ndarray
+    folds: np.ndarray
 
     def __len__(self) -> int:
         return len(self.names)
@@ -280,9 +285,15 @@ class SelectionRecords:
 
     def upto(self, round_index: int) -> "SelectionRecords":
         """Only the rows of rounds ≤ ``round_index``."""
-        m = self.rounds <= int(round_index)
+        return self._rows(self.rounds <= int(round_index))
+
+    def for_fold(self, fold: int) -> "SelectionRecords":
+        """Only the rows of fold ``fold``."""
+        return self._rows(self.folds == int(fold))
+
+    def _rows(self, m: np.ndarray) -> "SelectionRecords":
         return SelectionRecords([n for n, k in zip(self.names, m) if k], [d for d, k in zip(self.discrete, m) if k],
-                                self.confidence[m], self.rounds[m])
+                                self.confidence[m], self.rounds[m], self.folds[m])
 
 
 def read_selection_csv(path: str | os.PathLike) -> SelectionRecords:
@@ -298,80 +309,40 @@ def read_selection_csv(path: str | os.PathLike) -> SelectionRecords:
     try:
         conf = np.array([float(r["confidence"]) for r in rows], dtype=np.float64)
         rounds = np.array([int(r["round"]) for r in rows], dtype=np.int64)
+        folds = np.array([int(r["fold"]) for r in rows], dtype=np.int64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: bad confidence/round value ({exc})") from exc
-    return SelectionRecords([r["name"] for r in rows], [r["discrete"].strip().lower() for r in rows], conf, rounds)
+        raise ValueError(f"{path}: bad confidence/round/fold value ({exc})") from exc
+    return SelectionRecords([r["name"] for r in rows], [r["discrete"].strip().lower() for r in rows], conf, rounds, folds)
 
 
 def write_selection_csv(path: str | os.PathLike, selection: Selection, classes: Sequence[str],
-                        round_index: int) -> None:
-    """Add round ``round_index``'s clips to the pseudo-label CSV at ``path`` (created if missing).
+                        round_index: int, fold: int = 0) -> None:
+    """Add round ``round_index``'s clips for CV fold ``fold`` to the pseudo-label CSV at ``path``
+    (created if missing).
 
-    The whole file is rewritten atomically (:func:`semimer.io.write_csv`), rows sorted by round
-    (stable). Rows already in the file for the *same* round are replaced, so re-running a killed
-    round never duplicates it. A clip pseudo-labeled in another round raises ``ValueError``
-    (pass earlier rounds' names as ``exclude`` to :func:`select_pseudo_labels`).
+    The whole file is rewritten atomically (:func:`semimer.io.write_csv`), rows sorted by round,
+    then fold (stable). Rows already in the file for the *same* round and fold are replaced, so
+    re-running a killed round never duplicates it. A clip pseudo-labeled for the same fold in
+    another round raises ``ValueError`` (pass earlier rounds' names as ``exclude`` to
+    :func:`select_pseudo_labels`).
     """
     classes = list(classes)
-    round_index = int(round_index)
-    if round_index < 0:
-        raise ValueError(f"round_index must be >= 0, got {round_index}")
+    round_index, fold = int(round_index), int(fold)
+    if round_index < 0 or fold < 0:
+        raise ValueError(f"round_index and fold must be >= 0, got {round_index}, {fold}")
     if len(selection.labels) != len(selection.names) or len(selection.confidence) != len(selection.names):
         raise ValueError("selection names, labels and confidence differ in length")
     labels = np.asarray(selection.labels, dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"selection labels outside 0..{len(classes) - 1}")
-    old = read_selection_csv(path) if os.path.exists(path) else SelectionRecords([], [], np.zeros(0), np.zeros(0, np.int64))
-    kept = [(n, d, c, r) for n, d, c, r in zip(old.names, old.discrete, old.confidence, old.rounds) if r != round_index]
-    clash = sorted({row[0] for row in kept} & set(selection.names))
+    old = read_selection_csv(path) if os.path.exists(path) else SelectionRecords(
+        [], [], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    kept = [row for row in zip(old.names, old.discrete, old.confidence, old.rounds, old.folds)
+            if not (row[3] == round_index and row[4] == fold)]
+    clash = sorted({row[0] for row in kept if row[4] == fold} & set(selection.names))
     if clash:
-        raise ValueError(f"{path}: clip(s) already pseudo-labeled in another round, e.g. {clash[:3]}")
-    new = [(n, classes[int(y)], float(c), round_index)
+        raise ValueError(f"{path}: clip(s) already pseudo-labeled for fold {fold} in another round, e.g. {clash[:3]}")
+    new = [(n, classes[int(y)], float(c), round_index, fold)
            for n, y, c in zip(selection.names, labels, selection.confidence)]
-    rows = sorted(kept + new, key=lambda row: int(row[3]))
-    write_csv(path, list(SELECTION_COLUMNS), ((n, d, f"{float(c):.6f}", int(r)) for n, d, c, r in rows))
-
-
-def fit_temperature(probs: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
-    """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) fitted
-    on out-of-fold predictions: ``T* = argmin_T  -mean_i log softmax(log p_i / T)[y_i]``.
-
-    Soft votes over several heads and folds are *under*-confident (averaging probabilities pulls
-    them toward uniform), so fixed thresholds like 0.99 select nothing even when the ensemble is
-    right 98 % of the time at 0.8. Thresholds are therefore applied to calibrated probabilities
-    (``T < 1`` sharpens). The NLL is convex in ``1/T``; a golden-section search on ``log T`` over
-    ``[lo, hi]`` finds the minimum.
-    """
-    probs = check_probs(probs)
-    labels = np.asarray(labels, dtype=np.int64)
-    logp = np.log(np.clip(probs, 1e-12, None))
-
-    def nll(log_t: float) -> float:
-        z = logp / np.exp(log_t)
-        z = z - z.max(1, keepdims=True)
-        return float(-(z[np.arange(len(z)), labels] - np.log(np.exp(z).sum(1))).mean())
-
-    a, b = np.log(lo), np.log(hi)
-    g = (np.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(80):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = nll(d)
-    return float(np.exp((a + b) / 2))
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log p / T)`` row-wise."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    rows = sorted(kept + new, key=lambda row: (int(row[3]), int(row[4])))
+    write_csv(path, list(SELECTION_COLUMNS), ((n, d, f"{float(c):.6f}", int(r), int(f)) for n, d, c, r, f in rows))

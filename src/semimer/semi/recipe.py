@@ -1,20 +1,28 @@
-"""The full MER2024-SEMI recipe as one resumable pipeline (method steps 2-7).
+"""The full MER2024-SEMI recipe as one resumable, cross-fitted pipeline (method steps 2-7).
 
-Stages (each writes into its own folder of ``RUN/`` and is skipped when already finished):
+Stages (each in its own folder of ``RUN/``, reused when its fingerprint matches, see
+:mod:`semimer.train.run_state`):
 
 1. ``pretrain/``   contrastive pre-training of MR-CCL on unlabeled + labeled clips (no labels);
 2. ``round_0/``    MR-CCL fine-tuning from the pre-trained weights, oversampling inside training
-                   folds, stratified seeded K-fold CV on real labels;
-3. ``round_<r>/``  self-training: the previous round's fold ensemble scores the unlabeled pool,
-                   clips reaching their class threshold join the training folds (never the
-                   validation folds) and the model is trained again (``self_train.rounds`` rounds);
-                   every selected clip is recorded in ``pseudo_labels.csv``;
-4. ``member_<model>/`` the other voting members, trained on the same labels + pseudo-labels;
-5. ``vote``        weights for the members' probabilities fitted on out-of-fold predictions only;
+                   folds, seeded stratified (grouped) K-fold CV on real labels, epochs chosen on an
+                   inner split of the training folds;
+3. ``pseudo_round_<r>/`` + ``round_<r>/`` self-training, **per fold**: fold k's model of round r-1
+                   (which never saw fold k's labels) scores the unlabeled pool; its probabilities
+                   are calibrated with a temperature fitted on its own inner selection split;
+                   clips reaching their class threshold join fold k's training part only; every
+                   fold is trained again. A round that selects nothing is *skipped* (reported so);
+4. ``member_<model>/`` the other voting members, trained on the same folds and per-fold pseudo-labels;
+5. vote            weights over the members fitted on OOF predictions; the reported vote score is
+                   *nested* (fold k voted with weights fitted on the other folds' OOF only);
 6. outputs         ``predictions.csv`` (+ probabilities), ``submission.csv`` (``name,discrete``),
-                   ``metrics.json`` (every stage), ``report.md`` with plots.
+                   ``oof.csv`` (the out-of-sample OOF of exactly what is submitted),
+                   ``pseudo_labels.csv`` (``name,discrete,confidence,round,fold``), ``metrics.json``
+                   (every stage), ``report.md`` with plots.
 
-CV scores are always computed on the real labeled clips; pseudo-labeled clips only ever train.
+"Final CV" is the score of what ``submission.csv`` is made of: the nested vote when there are
+several members, else the last self-training round's fold ensemble. Hidden test labels, when
+given, are only reported (including the accuracy of pseudo-labels that have one), never used.
 """
 
 from __future__ import annotations
@@ -25,29 +33,23 @@ from pathlib import Path
 
 import numpy as np
 
-from semimer.config import RunConfig, to_yaml
-from semimer.train.cv import CVResult, PseudoLabels, run_cv
+from semimer.config import RunConfig, class_thresholds, to_yaml
 from semimer.data.layout import MERData, load_labels
-from semimer.io import read_json, write_json, write_text
-from semimer.eval.metrics import fmt, scores
+from semimer.eval.metrics import scores, summarise
 from semimer.eval.predictions import write_predictions, write_submission
-from semimer.semi.pseudo_label import (adaptive_thresholds, apply_temperature, fit_temperature, read_selection_csv, select_pseudo_labels,
-                                  write_selection_csv)
+from semimer.io import write_csv, write_json, write_text
+from semimer.semi.calibration import apply_temperature, fit_temperature
+from semimer.semi.pseudo_label import (SELECTION_COLUMNS, adaptive_thresholds, read_selection_csv,
+                                       select_pseudo_labels, write_selection_csv)
+from semimer.semi.voting import fit_vote_weights, nested_vote, soft_vote
+from semimer.train import run_state
+from semimer.train.cv import CVResult, PseudoLabels, cross_validate, data_folds, run_fingerprint, write_features_json
 from semimer.train.fit import predict_names
 from semimer.utils import log, pick_device
-from semimer.semi.voting import fit_vote_weights, soft_vote
 
 
 def _stage(i: int, n: int, text: str) -> None:
     log.info("[stage %d/%d] %s", i, n, text)
-
-
-def _cv_summary(res: CVResult, test: dict | None, data: MERData) -> dict:
-    out = {"cv_waf": res.metrics["cv"]["waf"], "cv_accuracy": res.metrics["cv"]["accuracy"],
-           "oof_waf": res.metrics["oof"]["waf"], "n_pseudo": res.metrics["n_pseudo"]}
-    if test is not None:
-        out["test"] = test_scores(res.cand_probs, data, test)
-    return out
 
 
 def test_scores(cand_probs: np.ndarray, data: MERData, test: dict[str, int]) -> dict:
@@ -61,6 +63,15 @@ def test_scores(cand_probs: np.ndarray, data: MERData, test: dict[str, int]) -> 
                   data.classes)
 
 
+def _cv_summary(res: CVResult, test: dict | None, data: MERData) -> dict:
+    out = {"cv_waf": res.metrics["cv"]["waf"], "cv_accuracy": res.metrics["cv"]["accuracy"],
+           "oof_waf": res.metrics["oof"]["waf"], "n_pseudo": res.metrics["n_pseudo"],
+           "best_epochs": res.metrics["selection"]["best_epochs"]}
+    if test is not None:
+        out["test"] = test_scores(res.cand_probs, data, test)
+    return out
+
+
 def member_config(cfg: RunConfig, member: str) -> RunConfig:
     """The run config of a voting member: ``model.name = member`` plus ``recipe.member_overrides``."""
     from omegaconf import OmegaConf
@@ -70,29 +81,91 @@ def member_config(cfg: RunConfig, member: str) -> RunConfig:
     return OmegaConf.to_object(merged)
 
 
+def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], earlier: list[set[str]],
+                 r: int, folder: Path) -> tuple[list, dict]:
+    """Round ``r``'s pseudo-labels, one selection per fold, made by that fold's model in ``res``.
+
+    Returns ``(per fold: (names, labels, confidence), info)``; cached in ``folder`` under a
+    fingerprint chaining the fold models' fingerprints, the self-training settings and the pool."""
+    classes = list(cfg.data.classes)
+    st = cfg.self_train
+    fp = run_state.fingerprint("select", res.fingerprints, run_state.settings(cfg, "self_train"), pool,
+                               [sorted(e) for e in earlier], r)
+    csv = folder / "pseudo_labels.csv"
+    info = run_state.done(folder, fp)
+    if info is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        csv.unlink(missing_ok=True)
+        device = pick_device(cfg.train.device)
+        probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
+                              progress=cfg.train.progress, average=False)
+        temps, taus = [], []
+        for k, (sel_idx, sel_probs) in enumerate(res.selection):
+            p = probs[k]
+            t = 1.0
+            if st.calibrate and len(sel_idx):
+                t = fit_temperature(sel_probs, data.labels[sel_idx])
+                p = apply_temperature(p, t)
+            elif st.calibrate:
+                log.warning("round %d fold %d: no inner selection split (train.select=fixed): "
+                            "thresholds apply to uncalibrated probabilities", r, k)
+            tau = (adaptive_thresholds(p, st.adaptive_base, len(classes)) if st.adaptive
+                   else np.asarray(class_thresholds(cfg)))
+            sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=earlier[k])
+            write_selection_csv(csv, sel, classes, r, fold=k)
+            temps.append(round(float(t), 4))
+            taus.append([round(float(x), 4) for x in tau])
+        if not csv.is_file():  # no fold at all
+            write_csv(csv, list(SELECTION_COLUMNS), [])
+        run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus)
+        info = run_state.done(folder, fp)
+    else:
+        log.info("round %d: reusing pseudo-labels from %s", r, csv)
+    rec = read_selection_csv(csv)
+    per_fold = []
+    for k in range(cfg.train.folds):
+        f = rec.for_fold(k)
+        per_fold.append((list(f.names), f.labels(classes), f.confidence))
+    return per_fold, info
+
+
+def _pseudo_accuracy(per_fold: list, test: dict | None) -> float | None:
+    """Share of (clip, fold) pseudo-labels that agree with a hidden label (reporting only)."""
+    if not test:
+        return None
+    hits = [int(test[n] == y) for names, labels, _ in per_fold for n, y in zip(names, labels) if n in test]
+    return round(float(np.mean(hits)), 4) if hits else None
+
+
 def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str | Path | None = None,
-               pretrain_dir: str | Path | None = None) -> dict:
+               pretrain_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) the recipe into ``out``. ``pretrain_dir`` lets several runs share one
-    pre-training (it is keyed by its own fingerprint, so a different setting is never reused)."""
+    pre-training (keyed by its own fingerprint, so a different setting is never reused). A
+    non-empty ``out`` made with other settings is refused unless ``overwrite``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run_state.claim_run_dir(out, run_fingerprint(cfg, data), overwrite, what="recipe")
     write_text(out / "config.yaml", to_yaml(cfg))
     t0 = time.time()
     classes = list(cfg.data.classes)
+    K = len(classes)
     test = load_labels(test_labels, classes) if test_labels else None
     members = list(cfg.recipe.vote_members) or [cfg.model.name]
     main_cfg = deepcopy(cfg)
     main_cfg.model.name = members[0]
+    fold = data_folds(data, main_cfg)
     rounds = cfg.self_train.rounds
     do_pretrain = cfg.pretrain.enabled and main_cfg.model.name == "mrccl"
     n_stages = int(do_pretrain) + 1 + rounds + (len(members) > 1) * 2
-    summary: dict = {"stages": {}, "members": members, "seed": cfg.train.seed}
+    summary: dict = {"stages": {}, "members": members, "seed": cfg.train.seed,
+                     "protocol": {"select": cfg.train.select, "pseudo_labels": "per fold, by that fold's model",
+                                  "vote": "nested over folds", "groups": cfg.data.group_column}}
     timing: dict[str, float] = {}
     stage_no = 1
 
     init = None
     if do_pretrain:
-        _stage(stage_no, n_stages, "contrastive pre-training on unlabeled + labeled clips")
+        _stage(stage_no, n_stages, "contrastive pre-training on unlabeled + labeled clips (no labels)")
+        from semimer.io import read_json
         from semimer.train.pretrain import pretrain
 
         t = time.time()
@@ -106,102 +179,101 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
 
     _stage(stage_no, n_stages, f"{main_cfg.model.name} fine-tuning, {cfg.train.folds}-fold CV (round 0)")
     t = time.time()
-    res = run_cv(data, main_cfg, out / "round_0", init_state=init)
+    res = cross_validate(data, main_cfg, out / "round_0", init_state=init)
     timing["round_0"] = time.time() - t
     summary["stages"]["round_0"] = _cv_summary(res, test, data)
     stage_no += 1
 
-    pseudo: PseudoLabels | None = None
-    final_round = 0
-    sel_csv = out / "pseudo_labels.csv"
-    counts_per_round: dict[int, list[int]] = {}
     labeled = set(data.labeled)
     pool = [n for n in data.unlabeled if n not in labeled]
+    folds = cfg.train.folds
+    pseudo = [PseudoLabels([], np.zeros(0, np.int64)) for _ in range(folds)]
+    all_rows: list[tuple] = []
+    final_round = 0
+    ppr: dict[str, dict] = {}
     for r in range(1, rounds + 1):
-        _stage(stage_no, n_stages, f"self-training round {r}: pseudo-label the pool ({len(pool)} clips), retrain")
+        _stage(stage_no, n_stages, f"self-training round {r}: each fold's model pseudo-labels the pool "
+                                   f"({len(pool)} clips) for its own training part; retrain")
+        stage_no += 1
         t = time.time()
-        done = read_selection_csv(sel_csv) if sel_csv.is_file() else None
-        if done is not None and r in set(done.rounds):
-            log.info("round %d: reusing pseudo-labels from %s", r, sel_csv)
-        else:
-            device = pick_device(cfg.train.device)
-            probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size, progress=cfg.train.progress)
-            if cfg.self_train.calibrate:
-                temperature = fit_temperature(res.oof_probs, data.labels)
-                probs = apply_temperature(probs, temperature)
-                log.info("round %d: confidence calibrated on out-of-fold predictions, T = %.3f", r, temperature)
-                write_json(out / f"calibration_round_{r}.json", {"temperature": temperature})
-            if cfg.self_train.adaptive:
-                tau = adaptive_thresholds(probs, cfg.self_train.adaptive_base, len(classes))
-            else:
-                tau = np.array([float(cfg.self_train.thresholds[c]) for c in classes])
-            already = set(done.upto(r - 1).names) if done is not None else set()
-            sel = select_pseudo_labels(probs, pool, tau, classes, cfg.self_train.max_per_class, exclude=already)
-            write_selection_csv(sel_csv, sel, classes, r)
-            done = read_selection_csv(sel_csv)
-        upto = done.upto(r)
-        pseudo = PseudoLabels(list(upto.names), upto.labels(classes))
-        this = [n for n, rr in zip(done.names, done.rounds) if rr == r]
-        lab_of = dict(zip(done.names, done.labels(classes)))
-        counts_per_round[r] = np.bincount([lab_of[n] for n in this], minlength=len(classes)).tolist()
-        log.info("round %d: %d pseudo-labeled clips (%s)", r, len(this),
-                 ", ".join(f"{c} {k}" for c, k in zip(classes, counts_per_round[r])))
-        if not this:
-            log.warning("round %d selected no new clip at the thresholds; self-training stops here "
-                        "(consider self_train.adaptive=true)", r)
-            prev = done.upto(r - 1)
-            pseudo = PseudoLabels(list(prev.names), prev.labels(classes)) if len(prev) else None
-            summary["stages"][f"round_{r}"] = {**summary["stages"][f"round_{r - 1}"], "selected": counts_per_round[r],
-                                               "n_pseudo": len(upto.names), "note": "no new clips: previous round kept"}
-            final_round = r - 1
-            stage_no += 1
+        earlier = [set(p.names) for p in pseudo]
+        per_fold, info = select_round(data, cfg, res, pool, earlier, r, out / f"pseudo_round_{r}")
+        counts = [np.bincount(lab, minlength=K).tolist() for _, lab, _ in per_fold]
+        total = np.sum(counts, axis=0).tolist()
+        ppr[str(r)] = {"per_fold": counts, "total": dict(zip(classes, total)), "accuracy": _pseudo_accuracy(per_fold, test),
+                       "temperatures": info.get("temperatures")}
+        log.info("round %d: %d pseudo-labels over %d folds (%s)", r, sum(total), folds,
+                 ", ".join(f"{c} {n}" for c, n in zip(classes, total)))
+        if sum(total) == 0:
+            reason = "no clip reached its class threshold in any fold"
+            log.warning("round %d skipped: %s (consider self_train.adaptive=true or lower thresholds)", r, reason)
+            summary["stages"][f"round_{r}"] = {"skipped": True, "reason": reason, "selected": counts}
             break
-        res = run_cv(data, main_cfg, out / f"round_{r}", pseudo=pseudo, init_state=init)
+        for k, (names, labels, conf) in enumerate(per_fold):
+            pseudo[k] = PseudoLabels(pseudo[k].names + names, np.concatenate([pseudo[k].labels, labels]))
+            all_rows += [(n, classes[int(y)], f"{c:.6f}", r, k) for n, y, c in zip(names, labels, conf)]
+        res = cross_validate(data, main_cfg, out / f"round_{r}", pseudo=pseudo, init_state=init)
         final_round = r
         timing[f"round_{r}"] = time.time() - t
-        summary["stages"][f"round_{r}"] = {**_cv_summary(res, test, data), "selected": counts_per_round[r]}
-        stage_no += 1
-    summary["pseudo_labels_per_round"] = {str(k): dict(zip(classes, v)) for k, v in counts_per_round.items()}
+        summary["stages"][f"round_{r}"] = {**_cv_summary(res, test, data), "selected": counts}
+    summary["pseudo_labels_per_round"] = ppr
+    write_csv(out / "pseudo_labels.csv", list(SELECTION_COLUMNS), all_rows)
 
     results = {members[0]: res}
+    final_dir = f"round_{final_round}"
+    member_dirs = {members[0]: final_dir}
     if len(members) > 1:
         _stage(stage_no, n_stages, f"voting members: {', '.join(members[1:])}")
+        stage_no += 1
         t = time.time()
         for m in members[1:]:
             mcfg = member_config(cfg, m)
-            results[m] = run_cv(data, mcfg, out / f"member_{m}", pseudo=pseudo,
-                                init_state=init if m == "mrccl" and m != members[0] else None)
+            if not np.array_equal(data_folds(data, mcfg), fold):
+                raise ValueError(f"recipe.member_overrides for {m!r} change the folds (train.seed / train.folds): "
+                                 f"every member must share the main model's folds for an honest vote")
+            results[m] = cross_validate(data, mcfg, out / f"member_{m}", pseudo=pseudo,
+                                        init_state=init if m == "mrccl" else None)
+            member_dirs[m] = f"member_{m}"
             summary["stages"][f"member_{m}"] = _cv_summary(results[m], test, data)
         timing["members"] = time.time() - t
-        stage_no += 1
-        _stage(stage_no, n_stages, "weighted soft voting (weights fitted on out-of-fold predictions)")
-        weights, oof_waf = fit_vote_weights([results[m].oof_probs for m in members], data.labels,
-                                            grid_step=cfg.recipe.vote_grid_step)
+        _stage(stage_no, n_stages, "weighted soft voting (nested: fold k voted with weights fitted on the other folds)")
+        oofs = [results[m].oof_probs for m in members]
+        oof, w_fold = nested_vote(oofs, data.labels, fold, cfg.recipe.vote_grid_step)
+        weights, in_sample = fit_vote_weights(oofs, data.labels, cfg.recipe.vote_grid_step)
         cand = soft_vote([results[m].cand_probs for m in members], weights)
-        oof = soft_vote([results[m].oof_probs for m in members], weights)
-        vote = {"weights": dict(zip(members, map(float, weights))), "oof_waf": float(oof_waf),
-                "oof": scores(data.labels, oof.argmax(1), len(classes), classes)}
+        fold_scores = [scores(data.labels[fold == k], oof[fold == k].argmax(1), K, classes) for k in range(folds)]
+        member_oof = {m: results[m].metrics["oof"]["waf"] for m in members}
+        vote = {"weights": dict(zip(members, map(float, weights))),
+                "weights_per_fold": [dict(zip(members, map(float, w))) for w in w_fold],
+                "oof_waf_in_sample": float(in_sample), "nested_oof_waf": scores(data.labels, oof.argmax(1), K)["waf"],
+                "cv_waf": summarise(fold_scores)["waf"], "members_oof_waf": member_oof}
+        vote["oof_waf"] = vote["nested_oof_waf"]
+        best = max(member_oof, key=member_oof.get)
+        if vote["nested_oof_waf"] < member_oof[best]:
+            vote["note"] = (f"the vote does not beat its best member out of sample "
+                            f"({100 * vote['nested_oof_waf']:.2f} vs {best} {100 * member_oof[best]:.2f} OOF WAF)")
+            log.warning(vote["note"])
         if test is not None:
             vote["test"] = test_scores(cand, data, test)
         summary["stages"]["vote"] = vote
+        what = "soft vote of " + ", ".join(f"{m} ({member_dirs[m]}) × {w:.2f}" for m, w in vote["weights"].items()) + \
+               "; weights fitted on all OOF predictions, CV of the nested vote"
+        final = {"cv_waf": vote["cv_waf"], "oof_waf": vote["nested_oof_waf"], "test": vote.get("test"), "what": what}
     else:
         cand, oof = res.cand_probs, res.oof_probs
-    final = summary["stages"].get("vote") or summary["stages"][f"round_{final_round}"]
+        last = summary["stages"][final_dir]
+        final = {"cv_waf": last["cv_waf"], "oof_waf": last["oof_waf"], "test": last.get("test"),
+                 "what": f"{members[0]} fold ensemble of {final_dir}"}
     summary["final_round"] = final_round
-    summary["final"] = {"cv_waf": res.metrics["cv"]["waf"], "oof_waf": scores(data.labels, oof.argmax(1), len(classes), classes)["waf"],
-                        "test": final.get("test")}
-    from semimer.train.cv import write_features_json
-
+    summary["final"] = final
     write_features_json(out, data)
-    final_dir = f"round_{final_round}"
-    ens = [{"dir": final_dir, "weight": 1.0}]
-    if "vote" in summary["stages"]:
-        ens = [{"dir": final_dir if m == members[0] else f"member_{m}", "weight": w}
-               for m, w in summary["stages"]["vote"]["weights"].items()]
+    ens = [{"dir": member_dirs[m], "weight": summary["stages"]["vote"]["weights"][m] if "vote" in summary["stages"] else 1.0}
+           for m in members]
     write_json(out / "ensemble.json", {"members": ens, "classes": classes})
     write_predictions(out / "predictions.csv", data.candidates, cand, classes)
     write_submission(out / "submission.csv", data.candidates, cand, classes)
-    write_predictions(out / "oof.csv", data.labeled, oof, classes, extra={"true": [classes[int(y)] for y in data.labels]})
+    write_predictions(out / "oof.csv", data.labeled, oof, classes,
+                      extra={"true": [classes[int(y)] for y in data.labels], "fold": [int(f) for f in fold]})
     summary["seconds"] = {k: round(v, 1) for k, v in timing.items()}
     summary["seconds"]["total"] = round(time.time() - t0, 1)
     write_json(out / "metrics.json", summary)
@@ -210,5 +282,3 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     write_report(out, summary, data, oof, classes, cfg)
     log.info("recipe finished in %.0f s -> %s", time.time() - t0, out)
     return summary
-
-

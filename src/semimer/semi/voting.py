@@ -1,10 +1,15 @@
-"""Multi-classifier weighted soft voting (method step 6).
+"""Multi-classifier weighted soft voting (method step 6), scored out of sample.
 
 ``p = Σ_i w_i·p_i / Σ_i w_i`` over several classifiers' class probabilities: the heads of one
-model, or several runs (seeds, feature sets, architectures). The weights are chosen to maximise
-the WAF of the vote on **out-of-fold** (OOF) predictions only: :func:`fit_vote_weights` takes OOF
-probabilities and true labels and nothing else, so candidate/test predictions can never influence
-the weights.
+model, or several runs (seeds, feature sets, architectures). The weights maximise the WAF of the
+vote on **out-of-fold** (OOF) predictions over a simplex grid (:func:`fit_vote_weights`; the grid
+includes every single member, so "submit the best member" is one of its points).
+
+Fitting weights on OOF predictions and then scoring the vote on the same OOF predictions is
+optimistic. :func:`nested_vote` therefore fits fold ``k``'s weights on the *other* folds' OOF rows
+only and applies them to fold ``k``'s rows: the nested OOF score is out of sample, and it is what
+the recipe reports for the vote. The weights applied to the candidates are fitted on all OOF rows
+(the procedure the nested score estimates).
 
 Pure numpy + scikit-learn: nothing here needs torch.
 """
@@ -13,21 +18,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from semimer.io import read_csv
 from semimer.eval.metrics import scores
-from semimer.eval.predictions import read_predictions
 
 #: Two WAF values closer than this are a tie (then the weights closest to uniform win).
 TIE_TOL = 1e-12
 
-#: Refuse an exhaustive simplex grid bigger than this (use method="coordinate").
+#: Refuse an exhaustive simplex grid bigger than this (use a coarser grid_step).
 MAX_GRID_POINTS = 200_000
 
 
@@ -139,28 +139,15 @@ class _Best:
         return False
 
 
-def fit_vote_weights(oof_list: Sequence[np.ndarray], y: Sequence[int], grid_step: float = 0.1,
-                     method: str = "auto", seed: int = 0) -> tuple[np.ndarray, float]:
+def fit_vote_weights(oof_list: Sequence[np.ndarray], y: Sequence[int], grid_step: float = 0.1) -> tuple[np.ndarray, float]:
     """Weights maximising the WAF (sklearn ``f1_score(average="weighted")``) of the soft vote of
-    out-of-fold probabilities ``oof_list`` (M arrays (N, K), rows aligned) against labels ``y``.
+    out-of-fold probabilities ``oof_list`` (M arrays (N, K), rows aligned) against labels ``y``,
+    over every point of the simplex {w : w_i ∈ {0, s, 2s, ..., 1}, Σ w_i = 1}, s = ``grid_step``.
 
-    It sees OOF predictions and labels only, so candidate/test predictions cannot leak into the
-    weights.
-
-    ``method``:
-      * ``"grid"``: every point of the simplex {w : w_i ∈ {0, s, 2s, ..., 1}, Σ w_i = 1}, s = ``grid_step``;
-      * ``"coordinate"``: coordinate ascent from equal weights (all 0.5, the grid value nearest it).
-        Each step sets one weight to its best value in {0, s, ..., 1}, the others fixed (the vote
-        normalises, so weights need not sum to 1 during the search; starting mid-range lets a weight
-        rise relative to the others as well as fall); sweeps repeat until no weight changes. A local
-        optimum, unlike the grid; once normalised, its weights are ratios of grid values, not
-        necessarily multiples of ``grid_step``. Coordinates are visited
-        in an order shuffled per sweep by ``seed`` (the only use of ``seed``);
-      * ``"auto"`` (default): ``"grid"`` when M ≤ 4, else ``"coordinate"``.
-
-    Ties (WAF within 1e-12) go to the normalised weights closest (Euclidean) to uniform, then to the
+    Ties (WAF within 1e-12) go to the weights closest (Euclidean) to uniform, then to the
     lexicographically largest (earlier models first), so the result is deterministic.
-    Returns ``(weights normalised to sum 1, OOF WAF of the vote)``.
+    Returns ``(weights summing to 1, WAF of the vote on these rows)`` — an in-sample number; see
+    :func:`nested_vote` for the out-of-sample one.
     """
     P = _stack(oof_list, "OOF probability arrays")
     M, N, K = P.shape
@@ -175,169 +162,34 @@ def fit_vote_weights(oof_list: Sequence[np.ndarray], y: Sequence[int], grid_step
     if y.min() < 0 or y.max() >= K:
         raise ValueError(f"y has labels outside 0..{K - 1}")
     n = _steps(grid_step)
-    if method == "auto":
-        method = "grid" if M <= 4 else "coordinate"
-    if method not in ("grid", "coordinate"):
-        raise ValueError(f"method must be 'auto', 'grid' or 'coordinate', got {method!r}")
-
-    def waf(w: np.ndarray) -> float:
-        return _waf_fast(y, np.tensordot(w, P, axes=1).argmax(axis=1), K)
-
+    n_points = math.comb(n + M - 1, M - 1)
+    if n_points > MAX_GRID_POINTS:
+        raise ValueError(f"a simplex grid of {M} models at step {grid_step} has {n_points} points; "
+                         f"use a coarser recipe.vote_grid_step")
     best = _Best(M)
-    if M == 1:
-        best.offer(waf(np.ones(1)), np.ones(1))
-    elif method == "grid":
-        n_points = math.comb(n + M - 1, M - 1)
-        if n_points > MAX_GRID_POINTS:
-            raise ValueError(f"a simplex grid of {M} models at step {grid_step} has {n_points} points; "
-                             f"use method='coordinate' or a coarser grid_step")
-        for w in _simplex_grid(M, n):
-            best.offer(waf(w), w)
-    else:
-        rng = np.random.default_rng(seed)
-        values = np.arange(n + 1) / n
-        w = np.full(M, max(1, round(n / 2)) / n)  # equal weights at mid-range: each can go up or down
-        best.offer(waf(w), w)
-        for _ in range(100 * M):  # a hard cap; each move strictly improves (WAF, -distance), so it ends
-            moved = False
-            for i in rng.permutation(M):
-                for v in values:
-                    if v == w[i]:
-                        continue
-                    cand = w.copy()
-                    cand[i] = v
-                    if cand.sum() <= 0:
-                        continue
-                    if best.offer(waf(cand), cand):
-                        moved = True
-                w = best.w.copy()
-            if not moved:
-                break
+    for w in (_simplex_grid(M, n) if M > 1 else np.ones((1, 1))):
+        best.offer(_waf_fast(y, np.tensordot(w, P, axes=1).argmax(axis=1), K), w)
     weights = best.w / best.w.sum()
     final = scores(y, np.tensordot(weights, P, axes=1).argmax(axis=1), K)["waf"]
     return weights, float(final)
 
 
-# --------------------------------------------------------------------------------------------
-# runs on disk
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VoteResult:
-    """Output of :func:`vote_runs`. ``probs`` (n_candidates, K) and ``oof_probs`` (n_labeled, K) are
-    aligned with ``names`` / ``oof_names`` (the first run's row order); ``run_waf[i]`` is run i's
-    own OOF WAF, ``voted_waf`` the OOF WAF of the vote."""
-
-    names: list[str]
-    probs: np.ndarray
-    classes: list[str]
-    weights: np.ndarray
-    run_waf: list[float]
-    voted_waf: float
-    oof_names: list[str]
-    oof_probs: np.ndarray
-    oof_labels: np.ndarray
-
-
-def _read_run_file(path: Path, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is {path.parent} a finished run folder?)")
-    names, probs, file_classes, _ = read_predictions(path)
-    if probs is None:
-        raise ValueError(f"{path} has no prob_<class> columns; voting needs probabilities")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate clip names")
-    if classes is not None:
-        if sorted(file_classes) != sorted(classes):
-            raise ValueError(f"{path} has classes {file_classes}, expected {classes}")
-        probs = probs[:, [file_classes.index(c) for c in classes]]  # columns matched by class name
-        file_classes = list(classes)
-    return names, np.asarray(probs, dtype=np.float64), file_classes
-
-
-def _align(per_run: list[tuple[list[str], np.ndarray]], run_dirs: list[Path], what: str) -> tuple[list[str], list[np.ndarray]]:
-    """Reorder every run's rows to the first run's name order; the name sets must be equal."""
-    ref_names = per_run[0][0]
-    ref = set(ref_names)
-    out = []
-    for (names, probs), d in zip(per_run, run_dirs):
-        if set(names) != ref:
-            only_here = sorted(set(names) - ref)
-            only_ref = sorted(ref - set(names))
-            raise ValueError(f"{what}: runs {run_dirs[0]} and {d} cover different clips "
-                             f"({len(only_ref)} only in {run_dirs[0]}, e.g. {only_ref[:3]}; "
-                             f"{len(only_here)} only in {d}, e.g. {only_here[:3]})")
-        pos = {n: i for i, n in enumerate(names)}
-        out.append(probs[[pos[n] for n in ref_names]])
-    return ref_names, out
-
-
-def vote_runs(run_dirs: Sequence[str | os.PathLike], weights=None,
-              y_labels: Mapping[str, int | str] | None = None, grid_step: float = 0.1,
-              method: str = "auto", seed: int = 0) -> VoteResult:
-    """Soft-vote several finished runs (folders written by :func:`semimer.train.cv.run_cv`).
-
-    Reads each run's ``oof.csv`` (``name, discrete, prob_<class>..., true, fold``) and
-    ``predictions.csv``; rows are matched **by name** (never by position) and probability columns
-    by class name. The runs must cover the same clips, else ``ValueError`` naming the two runs.
-    True labels come from ``y_labels`` (``{name: class index or word}``) when given, else from the
-    ``true`` column of ``oof.csv`` (which must agree across runs). Weights are fitted on the OOF
-    predictions only (:func:`fit_vote_weights`) unless given.
-    """
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise ValueError("no run folders to vote over")
-    oof_runs, cand_runs = [], []
-    classes: list[str] | None = None
-    trues: list[dict[str, str]] = []
-    for d in dirs:
-        names, probs, classes = _read_run_file(d / "oof.csv", classes)
-        oof_runs.append((names, probs))
-        if y_labels is None:
-            rows = read_csv(d / "oof.csv")
-            if "true" not in rows[0]:
-                raise ValueError(f"{d / 'oof.csv'} has no 'true' column; pass y_labels")
-            trues.append({r["name"]: r["true"].strip().lower() for r in rows})
-    for d in dirs:
-        names, probs, _ = _read_run_file(d / "predictions.csv", classes)
-        cand_runs.append((names, probs))
-    oof_names, oof_aligned = _align(oof_runs, dirs, "oof.csv")
-    cand_names, cand_aligned = _align(cand_runs, dirs, "predictions.csv")
-
-    index = {c.lower(): i for i, c in enumerate(classes)}
-
-    def to_index(v, name):
-        if isinstance(v, (int, np.integer)):
-            if not 0 <= int(v) < len(classes):
-                raise ValueError(f"label {v} of {name} outside 0..{len(classes) - 1}")
-            return int(v)
-        key = str(v).strip().lower()
-        if key not in index:
-            raise ValueError(f"label {v!r} of {name} is not one of {classes}")
-        return index[key]
-
-    if y_labels is not None:
-        missing = [n for n in oof_names if n not in y_labels]
-        if missing:
-            raise ValueError(f"y_labels lacks {len(missing)} OOF clip(s), e.g. {missing[:3]}")
-        y = np.array([to_index(y_labels[n], n) for n in oof_names], dtype=np.int64)
-    else:
-        for t, d in zip(trues[1:], dirs[1:]):
-            diff = [n for n in oof_names if t[n] != trues[0][n]]
-            if diff:
-                raise ValueError(f"true labels differ between {dirs[0]} and {d} for {len(diff)} clip(s), e.g. {diff[:3]}")
-        y = np.array([to_index(trues[0][n], n) for n in oof_names], dtype=np.int64)
-
-    if weights is None:
-        w, _ = fit_vote_weights(oof_aligned, y, grid_step=grid_step, method=method, seed=seed)
-    else:
-        w = _check_weights(weights, len(dirs))
-        w = w / w.sum()
-    K = len(classes)
-    oof_vote = soft_vote(oof_aligned, w)
-    run_waf = [scores(y, p.argmax(axis=1), K)["waf"] for p in oof_aligned]
-    voted_waf = scores(y, oof_vote.argmax(axis=1), K)["waf"]
-    return VoteResult(names=list(cand_names), probs=soft_vote(cand_aligned, w), classes=list(classes), weights=w,
-                      run_waf=[float(v) for v in run_waf], voted_waf=float(voted_waf), oof_names=list(oof_names),
-                      oof_probs=oof_vote, oof_labels=y)
+def nested_vote(oof_list: Sequence[np.ndarray], y: Sequence[int], fold: Sequence[int],
+                grid_step: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-sample soft vote of OOF predictions: the rows of fold ``k`` are voted with weights
+    fitted on the other folds' rows only. Returns ``(voted probabilities (N, K), weights (F, M))``
+    with one weight row per fold (in fold order ``0..F-1``)."""
+    P = _stack(oof_list, "OOF probability arrays")
+    y, fold = np.asarray(y), np.asarray(fold)
+    if fold.shape != y.shape:
+        raise ValueError(f"fold has shape {fold.shape}, labels {y.shape}")
+    folds = np.unique(fold)
+    if len(folds) < 2:
+        raise ValueError("a nested vote needs at least two folds")
+    out = np.zeros(P.shape[1:], dtype=np.float64)
+    weights = np.zeros((len(folds), len(P)))
+    for i, k in enumerate(folds):
+        rest, here = fold != k, fold == k
+        weights[i], _ = fit_vote_weights([p[rest] for p in P], y[rest], grid_step)
+        out[here] = soft_vote([p[here] for p in P], weights[i])
+    return out, weights

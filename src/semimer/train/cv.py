@@ -1,33 +1,42 @@
-"""Stratified K-fold cross-validation with honest scoring, and everything a run writes.
+"""K-fold cross-validation in which no label of a fold reaches the model scored on it.
 
-``run_cv`` trains one model per fold (best epoch chosen on that fold's validation WAF), scores the
-out-of-fold (OOF) predictions on real labels only, and averages the fold models' probabilities over
-the candidate clips. Pseudo-labeled clips (self-training) and oversampled duplicates enter training
-folds only. A run folder holds::
+``run_cv`` trains one model per fold and scores the out-of-fold (OOF) predictions on real labels
+only. What each fold's model sees:
 
-    config.yaml          resolved configuration
-    folds.csv            name, discrete, fold   (seeded, stratified)
-    metrics.json         see METRICS_KEYS below
+* its **training folds**, minus an *inner selection split* (``train.inner_fraction``, stratified
+  and grouped like the folds) on which the epoch is chosen (``train.select=inner``); or all of the
+  training folds for ``train.epochs`` epochs (``train.select=fixed``). The fold being scored is
+  never used to choose anything: its per-epoch WAF is only recorded (``monitor_waf``) for the
+  learning curves;
+* oversampled duplicates of the training part only;
+* pseudo-labeled clips given *for this fold* (``pseudo`` as one set per fold, made by models that
+  never trained on this fold's labels: see :mod:`semimer.semi.recipe`);
+* standardisation statistics from its training part (or from unlabeled clips via pre-training).
+
+Folds are stratified, seeded and grouped (``data.group_column``: every group in one fold).
+A run folder holds::
+
+    config.yaml          resolved configuration            run.json   the run's fingerprint
+    folds.csv            name, discrete, fold (, group)
+    metrics.json         see below
     oof.csv              OOF probabilities for every labeled clip (+ true label, fold)
-    predictions.csv      name, discrete, prob_<class>... for every candidate clip
+    predictions.csv      name, discrete, prob_<class>... for every candidate clip (mean of the fold models)
     submission.csv       name, discrete  (challenge format)
-    fold_<k>/model.safetensors + model.json, fold_<k>/result.json (history, best epoch)
+    fold_<k>/model.safetensors + model.json, result.json (history, chosen epoch), done.json
     confusion.png, learning_curves.png
 
-Folds already finished (``fold_<k>/done.json`` written with the same config) are reused when a
-killed run is started again with the same ``--out``.
+Each fold's ``done.json`` carries the fingerprint of everything the fold depends on
+(:mod:`semimer.train.run_state`); a fold is reused only when it matches.
 
 metrics.json keys: ``cv`` (mean/std/n over folds of ``waf``, ``accuracy``, ``macro_f1`` and
 ``per_class_f1``), ``folds`` (per-fold scores incl. ``best_epoch``), ``oof`` (scores of the
-pooled OOF predictions), ``n_labeled``, ``n_pseudo``, ``n_candidates``, ``model``, ``seed``,
-``seconds``, ``train_clips_per_s``.
+pooled OOF predictions), ``selection`` (``train.select`` and the chosen epochs), ``n_labeled``,
+``n_pseudo`` (per fold), ``n_candidates``, ``model``, ``seed``, ``seconds``, ``train_clips_per_s``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,23 +45,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from semimer.models.checkpoint import load_state, save_model
 from semimer.config import RunConfig, to_yaml
+from semimer.data.folds import assign_folds, inner_split, save_folds
 from semimer.data.layout import MERData
-from semimer.data.folds import assign_folds, save_folds
-from semimer.io import read_json, write_json, write_text
-from semimer.eval.metrics import fmt, scores, summarise
-from semimer.models import build_model
-from semimer.train.oversample import oversample_indices
-from semimer.eval.predictions import write_predictions, write_submission
 from semimer.data.ragged import concat, load_features
+from semimer.eval.metrics import fmt, scores, summarise
+from semimer.eval.predictions import write_predictions, write_submission
+from semimer.io import read_json, write_json, write_text
+from semimer.models import build_model
+from semimer.models.checkpoint import load_state, save_model
+from semimer.train import run_state
 from semimer.train.fit import FitResult, fit, predict_names, predict_tensors, take
+from semimer.train.oversample import oversample_indices
 from semimer.utils import log, pick_device, seed_everything
 
 
 @dataclass
 class PseudoLabels:
-    """Unlabeled clips with pseudo-labels, added to every training fold (never validation)."""
+    """Unlabeled clips with pseudo-labels for one fold's training part (never its validation)."""
 
     names: list[str]
     labels: np.ndarray
@@ -66,21 +76,27 @@ class CVResult:
     cand_probs: np.ndarray  # (n_candidates, K), aligned with data.candidates
     models: list = field(default_factory=list)
     fold: np.ndarray | None = None
+    # per fold: (indices of the inner selection clips, the fold model's probabilities on them)
+    selection: list = field(default_factory=list)
+    fingerprints: list = field(default_factory=list)  # per fold (chains into later stages)
 
 
 def fold_seed(seed: int, k: int) -> int:
     return seed * 1000 + k
 
 
-def inputs_fingerprint(cfg_text: str, pseudo: PseudoLabels | None, init_state: dict | None) -> str:
-    """What a finished fold depends on besides the data: config, pseudo-labels, initial weights."""
-    h = hashlib.sha256(cfg_text.encode())
-    if pseudo is not None:
-        h.update(json.dumps([list(pseudo.names), np.asarray(pseudo.labels).tolist()]).encode())
-    for k in sorted(init_state or {}):
-        h.update(k.encode())
-        h.update(init_state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
+def run_fingerprint(cfg: RunConfig, data: MERData) -> str:
+    """Fingerprint of a whole run (claimed in ``run.json``): every result-relevant setting + data."""
+    return run_state.fingerprint("run", run_state.settings(cfg), data.summary(), _groups(data))
+
+
+def _groups(data: MERData) -> list | None:
+    return None if data.groups is None else [str(g) for g in data.groups]
+
+
+def data_folds(data: MERData, cfg: RunConfig) -> np.ndarray:
+    """The fold of every labeled clip (seeded, stratified, grouped by ``data.groups``)."""
+    return assign_folds(data.labels, cfg.train.folds, cfg.train.seed, data.groups)
 
 
 def write_features_json(out: Path, data: MERData) -> None:
@@ -91,54 +107,69 @@ def write_features_json(out: Path, data: MERData) -> None:
     write_json(out / "ensemble.json", {"members": [{"dir": ".", "weight": 1.0}], "classes": list(data.classes)})
 
 
-def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels | None = None,
-           init_state: dict[str, torch.Tensor] | None = None, predict_candidates: bool = True) -> CVResult:
+def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None, init_state: dict | None = None,
+           predict_candidates: bool = True, overwrite: bool = False) -> CVResult:
+    """Cross-validate into the run folder ``out`` (claimed first: a folder made with other settings
+    is refused unless ``overwrite``). See :func:`cross_validate` for the rest."""
+    run_state.claim_run_dir(out, run_fingerprint(cfg, data), overwrite, what="cv")
+    return cross_validate(data, cfg, out, pseudo, init_state, predict_candidates)
+
+
+def _per_fold(pseudo, n_folds: int) -> list[PseudoLabels | None]:
+    if pseudo is None or isinstance(pseudo, PseudoLabels):
+        return [pseudo] * n_folds
+    pseudo = list(pseudo)
+    if len(pseudo) != n_folds:
+        raise ValueError(f"{len(pseudo)} pseudo-label sets for {n_folds} folds")
+    return pseudo
+
+
+def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
+                   init_state: dict[str, torch.Tensor] | None = None, predict_candidates: bool = True) -> CVResult:
+    """One model per fold (resumable per fold); OOF and candidate probabilities.
+
+    ``pseudo``: ``None``, one :class:`PseudoLabels` per fold (fold ``k``'s set joins fold ``k``'s
+    training part only), or a single set for every fold (honest only when no labeled clip's label
+    influenced it). ``init_state``: pre-trained weights loaded before each fold's training.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
+    if tc.select not in ("inner", "fixed"):
+        raise ValueError(f"train.select must be inner or fixed, got {tc.select!r}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
-    cfg_text = to_yaml(cfg)
-    # what the folds depend on: data, model, noise and training settings (not later stages')
-    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "noise", "train")}
-    for k in ("progress", "threads", "tensorboard", "eval_batch_size", "frame_cache"):  # no effect on results
-        parts["train"].pop(k)
-    relevant = json.dumps(parts, sort_keys=True, default=str)
-    fingerprint = inputs_fingerprint(relevant + json.dumps(data.summary(), default=str), pseudo, init_state)
-    same_config = (out / "inputs.json").is_file() and read_json(out / "inputs.json").get("fingerprint") == fingerprint
-    write_text(out / "config.yaml", cfg_text)
-    write_features_json(out, data)
-    write_json(out / "inputs.json", {"fingerprint": fingerprint,
-                                     "n_pseudo": 0 if pseudo is None else len(pseudo.names),
-                                     "pretrained_init": init_state is not None})
     classes = list(cfg.data.classes)
     K = len(classes)
-    fold = assign_folds(data.labels, tc.folds, tc.seed)
-    save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes)
+    fold = data_folds(data, cfg)
+    pseudo = _per_fold(pseudo, tc.folds)
+    stage_fp = run_state.fingerprint("cv", run_state.settings(cfg, "data", "model", "noise", "train"), data.summary(),
+                                     _groups(data), fold, init_state)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    write_features_json(out, data)
+    save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes, data.groups)
     t0 = time.time()
     feats = load_features(data, data.labeled, device, tc.frame_cache)
     y_all = data.labels
-    if pseudo is not None and len(pseudo.names):
-        overlap = set(pseudo.names) & set(data.labeled)
-        if overlap:
-            raise ValueError(f"pseudo-labeled clips overlap the labeled set, e.g. {sorted(overlap)[:3]}")
-        p_feats = load_features(data, pseudo.names, device, tc.frame_cache)
-        p_y = np.asarray(pseudo.labels, dtype=np.int64)
-    else:
-        p_feats, p_y = None, np.zeros(0, np.int64)
+    overlap = set().union(*(set(p.names) for p in pseudo if p is not None)) & set(data.labeled)
+    if overlap:
+        raise ValueError(f"pseudo-labeled clips overlap the labeled set, e.g. {sorted(overlap)[:3]}")
     oof = np.zeros((len(y_all), K), dtype=np.float32)
-    cand = np.zeros((len(data.candidates), K), dtype=np.float64)
-    fold_scores, histories, models = [], [], []
+    fold_scores, histories, models, fold_fps, selection = [], [], [], [], []
     clips_seen, train_seconds = 0, 0.0
     for k in range(tc.folds):
         fdir = out / f"fold_{k}"
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        done = fdir / "done.json"
-        if not same_config and done.is_file():
-            done.unlink()  # finished under other inputs: never reuse it, even after a later kill
-        if done.is_file():
-            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
+        pk = pseudo[k]
+        fp = run_state.fingerprint(stage_fp, k, None if pk is None else [list(pk.names), np.asarray(pk.labels).tolist()])
+        fold_fps.append(fp)
+        if tc.select == "inner":
+            fit_idx, sel_idx = inner_split(tr, y_all, tc.inner_fraction, fold_seed(tc.seed, k), data.groups)
+        else:
+            fit_idx, sel_idx = tr, np.zeros(0, np.int64)
+        model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
+        if run_state.done(fdir, fp):
             model.load_state_dict(load_state(fdir / "model.safetensors", device))
             res = read_json(fdir / "result.json")
             fr = FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
@@ -146,45 +177,55 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
         else:
             seed_everything(fold_seed(tc.seed, k))
             model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
-            train_x, train_y = take(feats, torch.as_tensor(tr, device=device)), y_all[tr]
-            if p_feats is not None:
-                train_x = concat(train_x, p_feats)
-                train_y = np.concatenate([train_y, p_y])
+            train_x, train_y = take(feats, torch.as_tensor(fit_idx, device=device)), y_all[fit_idx]
+            if pk is not None and len(pk.names):
+                train_x = concat(train_x, load_features(data, pk.names, device, tc.frame_cache))
+                train_y = np.concatenate([train_y, np.asarray(pk.labels, np.int64)])
             if init_state is not None:
-                missing, unexpected = model.load_state_dict(init_state, strict=False)
+                missing, _ = model.load_state_dict(init_state, strict=False)
                 log.debug("fold %d: init from pre-trained weights (missing %s)", k, missing)
             if init_state is None or not any(k_.startswith("standardizer.") for k_ in init_state):
-                model.standardizer.fit(train_x)  # statistics from this training fold only
+                model.standardizer.fit(train_x)  # statistics from this fold's training part only
             if tc.oversample:
                 idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
                 train_x, train_y = take(train_x, torch.as_tensor(idx, device=device)), train_y[idx]
             t1 = time.time()
-            fr = fit(model, train_x, torch.as_tensor(train_y, device=device), take(feats, torch.as_tensor(va, device=device)),
-                     y_all[va], tc, seed=fold_seed(tc.seed, k), desc=f"fold {k + 1}/{tc.folds}")
+            sel = take(feats, torch.as_tensor(sel_idx, device=device)) if len(sel_idx) else None
+            fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel, y_all[sel_idx] if len(sel_idx) else None,
+                     tc, seed=fold_seed(tc.seed, k), desc=f"fold {k + 1}/{tc.folds}",
+                     monitor=take(feats, torch.as_tensor(va, device=device)), y_monitor=y_all[va])
             train_seconds += time.time() - t1
             clips_seen += len(train_y) * len(fr.history)
             save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,
                                                              "noise_config": dataclasses.asdict(cfg.noise)})
             write_json(fdir / "result.json", {"best_epoch": fr.best_epoch, "best_val_waf": fr.best_val_waf,
-                                              "history": fr.history})
-            write_json(done, {"fold": k})
+                                              "selected_on": tc.select, "history": fr.history})
+            run_state.mark_done(fdir, fp, fold=k)
         oof[va] = predict_tensors(model, take(feats, torch.as_tensor(va, device=device)), tc.eval_batch_size)
+        sel_probs = (predict_tensors(model, take(feats, torch.as_tensor(sel_idx, device=device)), tc.eval_batch_size)
+                     if len(sel_idx) else np.zeros((0, K), np.float32))
+        selection.append((sel_idx, sel_probs))
         s = scores(y_all[va], oof[va].argmax(1), K, classes)
         s["best_epoch"] = fr.best_epoch
         fold_scores.append(s)
         histories.append(fr.history)
         models.append(model)
-        log.info("fold %d/%d: WAF %.2f  acc %.2f  (best epoch %d)", k + 1, tc.folds, 100 * s["waf"],
-                 100 * s["accuracy"], fr.best_epoch)
+        log.info("fold %d/%d: WAF %.2f  acc %.2f  (epoch %d chosen on %s)", k + 1, tc.folds, 100 * s["waf"],
+                 100 * s["accuracy"], fr.best_epoch, "the inner split" if tc.select == "inner" else "none: last")
+    cand = np.zeros((len(data.candidates), K), dtype=np.float32)
     if predict_candidates and data.candidates:
         cand = predict_names(models, data, data.candidates, device, tc.eval_batch_size, progress=tc.progress)
+    n_pseudo = [0 if p is None else len(p.names) for p in pseudo]
     metrics = {
         "cv": summarise(fold_scores),
         "folds": fold_scores,
         "oof": scores(y_all, oof.argmax(1), K, classes),
+        "selection": {"select": tc.select, "inner_fraction": tc.inner_fraction if tc.select == "inner" else None,
+                      "best_epochs": [f["best_epoch"] for f in fold_scores]},
         "n_labeled": int(len(y_all)),
-        "n_pseudo": int(len(p_y)),
+        "n_pseudo": n_pseudo,
         "n_candidates": int(len(data.candidates)),
+        "n_groups": None if data.groups is None else int(len(set(_groups(data)))),
         "model": cfg.model.name,
         "seed": tc.seed,
         "seconds": round(time.time() - t0, 2),
@@ -199,7 +240,7 @@ def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo: PseudoLabels 
     _plots(out, metrics, histories, classes, cfg)
     log.info("CV WAF %s over %d folds -> %s", fmt(metrics["cv"]["waf"]), tc.folds, out)
     return CVResult(out=out, metrics=metrics, oof_probs=oof, cand_probs=np.asarray(cand, np.float32),
-                    models=models, fold=fold)
+                    models=models, fold=fold, selection=selection, fingerprints=fold_fps)
 
 
 def _plots(out: Path, metrics: dict, histories: Sequence, classes: Sequence[str], cfg: RunConfig) -> None:

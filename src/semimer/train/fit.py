@@ -1,8 +1,9 @@
-"""Fit one model on one training set, choosing the best epoch on a validation set.
+"""Fit one model on one training set, choosing the best epoch on a selection set.
 
 Features for the labeled clips are small enough to sit in memory as tensors (5,030 clips x 6,912
-dims is 139 MB); large pools are streamed by :func:`predict_names`. Model selection uses validation
-WAF only; the best epoch's weights are restored at the end. Frame-level features are
+dims is 139 MB); large pools are streamed by :func:`predict_names`. The epoch is chosen on the WAF
+of a selection set that the caller keeps apart from the clips it scores; the best epoch's weights
+are restored at the end. Frame-level features are
 :class:`~semimer.data.ragged.Ragged` (no padding at rest), batched by length buckets in training and by
 sorted length under a frame budget at inference.
 """
@@ -63,11 +64,12 @@ def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int 
 
 @torch.no_grad()
 def predict_names(models: Sequence, data, names: Sequence[str], device: torch.device,
-                  batch_size: int = 1024, progress: bool = False) -> np.ndarray:
-    """Mean class probabilities of ``models`` (e.g. the fold ensemble) over clips ``names``,
-    read from the data's feature stores batch by batch (never the whole pool in RAM)."""
+                  batch_size: int = 1024, progress: bool = False, average: bool = True) -> np.ndarray:
+    """Class probabilities of ``models`` (e.g. the fold ensemble) over clips ``names``, read from
+    the data's feature stores batch by batch (never the whole pool in RAM): their mean ``(N, K)``,
+    or with ``average=False`` one row block per model ``(M, N, K)``."""
     K = models[0].num_classes
-    out = np.zeros((len(names), K), dtype=np.float64)
+    out = np.zeros((len(models), len(names), K), dtype=np.float32)
     starts = range(0, len(names), batch_size)
     if progress:
         from tqdm import tqdm
@@ -76,23 +78,65 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
     for s in starts:
         chunk = list(names[s:s + batch_size])
         feats = to_tensors(data.features(chunk), device, data.dims())
-        out[s:s + len(chunk)] = np.mean([predict_tensors(m, feats, batch_size) for m in models], axis=0)
-    return out.astype(np.float32)
+        for i, m in enumerate(models):
+            out[i, s:s + len(chunk)] = predict_tensors(m, feats, batch_size)
+    return out.mean(axis=0, dtype=np.float64).astype(np.float32) if average else out
+
+
+def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator, opt, loss_fn: Callable,
+              y: torch.Tensor | None = None, desc: str = "fit") -> tuple[dict[str, float], int]:
+    """One pass over ``feats`` in seeded batches: ``loss_fn(batch)`` or ``loss_fn(batch, y[idx])``,
+    AdamW step. Shared by fine-tuning (:func:`fit`) and pre-training (:mod:`.pretrain`). Returns
+    the summed loss terms (``loss`` + the model's parts) and the number of steps."""
+    sums: dict[str, float] = {}
+    steps = 0
+    device = y.device if y is not None else None
+    for idx in train_batches(feats, n, batch_size, gen):
+        if device is not None:
+            idx = idx.to(device)
+        if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
+            continue
+        batch = collate(take(feats, idx))
+        loss, parts = loss_fn(batch) if y is None else loss_fn(batch, y[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: non-finite loss; lower the learning rate or check the features")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return sums, steps
+
+
+def _waf(model, feats, y, batch_size) -> tuple[float, float]:
+    probs = predict_tensors(model, feats, batch_size)
+    waf = float(f1_score(y, probs.argmax(1), average="weighted", zero_division=0))
+    nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+    return waf, nll
 
 
 def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor] | None,
         y_val: np.ndarray | None, cfg: TrainConfig, seed: int, desc: str = "fit",
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Adam(W) on ``model.loss``; after each epoch score validation WAF; keep the best epoch.
+        on_epoch: Callable[[dict], None] | None = None, monitor: dict | None = None,
+        y_monitor: np.ndarray | None = None) -> FitResult:
+    """AdamW on ``model.loss``; after each epoch score WAF on the *selection* set ``val`` and keep
+    the best epoch (early stopping after ``cfg.patience`` epochs without gain). Without ``val``
+    every epoch of ``cfg.epochs`` runs and the last one is kept.
 
-    ``train``/``val`` are tensors already on the model's device; shuffling uses a seeded generator,
-    so a CPU run is deterministic for a given ``seed``.
+    ``val`` must never be the clips the model is scored on (cross-validation passes an inner split
+    of the training folds). ``monitor`` (e.g. the scored fold) is only recorded as
+    ``monitor_waf`` for learning curves: nothing is chosen on it.
+    Tensors are already on the model's device; shuffling uses a seeded generator, so a CPU run is
+    deterministic for a given ``seed``.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(y_train)
     if n_items(train) != n:
         raise ValueError(f"{desc}: {n_items(train)} training clips but {n} labels")
+    has_val = val is not None and y_val is not None and len(y_val) > 0
     best = (-1.0, -1)
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
@@ -104,39 +148,26 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
         bar = epochs = tqdm(epochs, desc=desc, unit="ep", leave=False, disable=None, mininterval=0.5)
     for epoch in epochs:
         model.train()
-        tot, parts_sum, steps = 0.0, {}, 0
-        for idx in train_batches(train, n, cfg.batch_size, gen):
-            idx = idx.to(y_train.device)
-            if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
-                continue
-            loss, parts = model.loss(collate(take(train, idx)), y_train[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch}; lower train.lr or check the features")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach())
-            steps += 1
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v
-        rec = {"epoch": epoch, "train_loss": tot / max(steps, 1), **{f"train_{k}": v / max(steps, 1) for k, v in parts_sum.items()}}
-        if val is not None and y_val is not None and len(y_val):
-            probs = predict_tensors(model, val, cfg.eval_batch_size)
-            rec["val_waf"] = float(f1_score(y_val, probs.argmax(1), average="weighted", zero_division=0))
-            rec["val_loss"] = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
+        sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, model.loss, y=y_train, desc=desc)
+        rec = {"epoch": epoch, "train_loss": sums.pop("loss", 0.0) / max(steps, 1),
+               **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
+        if has_val:
+            rec["val_waf"], rec["val_loss"] = _waf(model, val, y_val, cfg.eval_batch_size)
             if rec["val_waf"] > best[0]:
                 best = (rec["val_waf"], epoch)
                 best_state = copy.deepcopy(model.state_dict())
-        else:
-            best = (float("nan"), epoch)
-            best_state = copy.deepcopy(model.state_dict())
+        if monitor is not None and y_monitor is not None and len(y_monitor):
+            rec["monitor_waf"], rec["monitor_loss"] = _waf(model, monitor, y_monitor, cfg.eval_batch_size)
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
         if bar is not None:
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
-        if cfg.patience and val is not None and epoch - best[1] >= cfg.patience:
+        if cfg.patience and has_val and epoch - best[1] >= cfg.patience:
             log.debug("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
             break
-    model.load_state_dict(best_state)
+    if has_val:
+        model.load_state_dict(best_state)
+    else:
+        best = (float("nan"), len(history) - 1)
     return FitResult(best_epoch=best[1], best_val_waf=best[0], history=history)
