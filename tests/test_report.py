@@ -53,7 +53,7 @@ def _summary():
             "round_2": {"skipped": True, "reason": "no clip reached its class threshold",
                         "selected": [0, 0, 0, 0, 0, 0]},
             "member_attention": {"oof_waf": 0.7555},
-            "vote": {"weights": {"mrccl": 0.7, "attention": 0.3}, "oof_waf": 0.8444, "nested_oof_waf": 0.8333,
+            "vote": {"weights": {"mrccl": 0.7, "attention": 0.3}, "oof_waf_in_sample": 0.8444, "nested_oof_waf": 0.8333,
                      "chosen": "vote"},
         },
         "final": {"cv_waf": {"mean": 0.8345, "std": 0.0123, "n": 5}, "oof_waf": 0.8444,
@@ -107,7 +107,7 @@ def test_stage_rows_and_missing_keys(report):
     assert _row(text, "member_attention") == ["member_attention", "–", "75.55", "–", "–", "–", "–"]
     assert _row(text, "pretrain")[1] == "40 clips × 2 epochs, final loss 1.234"
     assert "Voting weights (fitted on out-of-fold predictions only): mrccl 0.70, attention 0.30" in text
-    assert "nested OOF WAF 83.33" in text and "chosen: vote" in text and "Voted OOF WAF 84.44" in text
+    assert "Nested OOF WAF 83.33" in text and "chosen: vote" in text and "84.44 with weights fitted on the same" in text
 
 
 def test_final_line(report):
@@ -145,7 +145,8 @@ def test_per_class_f1_table_over_present_classes(report):
 
 def test_pseudo_label_table_new_shape(report):
     out, text = report
-    assert "| round | neutral | angry | happy | sad | worried | surprise | total | per fold | accuracy |" in text
+    assert ("| round | neutral | angry | happy | sad | worried | surprise | total | per fold | "
+            "accuracy (clips with a hidden label) |") in text
     assert _row(text, "1") == ["1", "7", "4", "4", "4", "2", "2", "23", "11 / 12", "87.50"]
     assert _row(text, "2") == ["2", "0", "0", "0", "0", "0", "0", "0", "0 / 0", "–"]
     for f in ("confusion.png", "per_class_f1.png", "pseudo_labels.png"):

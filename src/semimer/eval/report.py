@@ -117,9 +117,17 @@ def vote_lines(vote: dict) -> list[str]:
     w = vote.get("weights")
     out = ["Voting weights (fitted on out-of-fold predictions only): "
            + (", ".join(f"{k} {v:.2f}" for k, v in w.items()) if w else DASH)]
-    out.append(f"Voted OOF WAF {_pct(vote.get('oof_waf'))} (weights fitted on the same predictions); "
-               f"nested OOF WAF {_pct(vote.get('nested_oof_waf'))} (weights fitted without the scored fold); "
-               f"chosen: {vote.get('chosen') or DASH}")
+    in_sample = vote.get("oof_waf_in_sample", vote.get("oof_waf"))
+    line = (f"Nested OOF WAF {_pct(vote.get('nested_oof_waf'))} (fold k voted with weights fitted without fold k: "
+            f"the vote's out-of-sample score); {_pct(in_sample)} with weights fitted on the same predictions "
+            f"(optimistic, not a score)")
+    if vote.get("chosen"):
+        line += f"; chosen: {vote['chosen']}"
+    out.append(line + ".")
+    members = vote.get("members_oof_waf")
+    if members:
+        out.append("Members' own OOF WAF: " + ", ".join(f"{m} {_pct(v)}" for m, v in members.items())
+                   + (f". {vote['note'][0].upper()}{vote['note'][1:]}." if vote.get("note") else "."))
     return out
 
 
@@ -146,7 +154,8 @@ def pseudo_lines(ppr: dict, classes: Sequence[str]) -> list[str]:
     rows = _pseudo_rounds(ppr, classes)
     has_fold = any(pf for _, _, pf, _ in rows)
     has_acc = any(a is not None for _, _, _, a in rows)
-    head = ["round", *classes, "total"] + (["per fold"] if has_fold else []) + (["accuracy"] if has_acc else [])
+    head = (["round", *classes, "total"] + (["per fold"] if has_fold else [])
+            + (["accuracy (clips with a hidden label)"] if has_acc else []))
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r, total, pf, acc in rows:
         cells = [r, *(str(int(total.get(c, 0))) for c in classes), str(int(sum(total.values())))]
