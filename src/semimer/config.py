@@ -78,6 +78,9 @@ class ModelConfig:
     keep_rate: float = 1.0  # token pruning inside the frame encoders of prune_modalities (1 = off)
     prune_from_layer: int = 1  # prune after every block i >= this (0-based; = frame_layers: off)
     prune_modalities: list = field(default_factory=lambda: ["audio"])
+    # the linear model (semimer.models.linear): L2 strengths C tried by its inner CV; class weighting
+    linear_cs: list = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    linear_class_weight: Optional[str] = None  # null | balanced
 
 
 @dataclass(frozen=True)

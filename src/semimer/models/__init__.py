@@ -12,7 +12,7 @@ import importlib
 from typing import Callable
 
 MODELS: dict[str, type] = {}
-_BUILTIN = ("semimer.models.attention", "semimer.models.mrccl")
+_BUILTIN = ("semimer.models.attention", "semimer.models.mrccl", "semimer.models.linear")
 
 
 def register_model(name: str) -> Callable[[type], type]:

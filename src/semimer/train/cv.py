@@ -186,14 +186,19 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
                 log.debug("fold %d: init from pre-trained weights (missing %s)", k, missing)
             if init_state is None or not any(k_.startswith("standardizer.") for k_ in init_state):
                 model.standardizer.fit(train_x)  # statistics from this fold's training part only
-            if tc.oversample:
-                idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
-                train_x, train_y = take(train_x, torch.as_tensor(idx, device=device)), train_y[idx]
             t1 = time.time()
-            sel = take(feats, torch.as_tensor(sel_idx, device=device)) if len(sel_idx) else None
-            fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel, y_all[sel_idx] if len(sel_idx) else None,
-                     tc, seed=fold_seed(tc.seed, k), desc=f"fold {k + 1}/{tc.folds}",
-                     monitor=take(feats, torch.as_tensor(va, device=device)), y_monitor=y_all[va])
+            if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
+                chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k))
+                fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])
+            else:
+                if tc.oversample:
+                    idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
+                    train_x, train_y = take(train_x, torch.as_tensor(idx, device=device)), train_y[idx]
+                sel = take(feats, torch.as_tensor(sel_idx, device=device)) if len(sel_idx) else None
+                fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel,
+                         y_all[sel_idx] if len(sel_idx) else None, tc, seed=fold_seed(tc.seed, k),
+                         desc=f"fold {k + 1}/{tc.folds}", monitor=take(feats, torch.as_tensor(va, device=device)),
+                         y_monitor=y_all[va])
             train_seconds += time.time() - t1
             clips_seen += len(train_y) * len(fr.history)
             save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,

@@ -1,0 +1,76 @@
+"""``linear``: multinomial logistic regression on the standardised concatenation of the modalities.
+
+With a few hundred labels this is the model to beat, and a cheap, well-calibrated vote member.
+It is *fitted by scikit-learn*, not by gradient steps: :meth:`LinearModel.fit_direct` runs
+``LogisticRegressionCV`` (pure L2, lbfgs) with the inverse regularisation ``C`` chosen from
+``model.linear_cs`` by a seeded stratified inner 5-fold CV on the training clips it is given
+(log-loss; never the fold being scored), then copies the coefficients into a torch ``Linear`` so
+that the model saves as safetensors, predicts on any device and votes like every other model.
+
+Oversampling does not apply (duplicates would sit on both sides of the inner CV and bias ``C``);
+``model.linear_class_weight=balanced`` reweights classes instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from semimer.models import register_model
+from semimer.models.base import EmotionModel
+
+#: logit given to a class absent from the training clips (probability ~0, never predicted)
+ABSENT_LOGIT = -30.0
+
+
+@register_model("linear")
+class LinearModel(EmotionModel):
+    def __init__(self, dims: dict[str, int], num_classes: int, cfg, levels: dict[str, str] | None = None, **_):
+        super().__init__(dims, num_classes, levels)
+        self.cs = [float(c) for c in cfg.linear_cs]
+        if not self.cs or any(c <= 0 for c in self.cs):
+            raise ValueError(f"model.linear_cs must be a non-empty list of positive numbers, got {cfg.linear_cs}")
+        if cfg.linear_class_weight not in (None, "balanced"):
+            raise ValueError(f"model.linear_class_weight must be null or balanced, got {cfg.linear_class_weight!r}")
+        self.class_weight = cfg.linear_class_weight
+        self.classifier = nn.Linear(sum(dims.values()), num_classes)
+
+    def _design(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = self.standardizer(batch)
+        return torch.cat([batch[m] for m in self.modalities], dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        logits = self.classifier(self._design(batch))
+        return {"logits": logits, "probs": torch.softmax(logits, dim=-1)}
+
+    @torch.no_grad()
+    def fit_direct(self, train: dict[str, torch.Tensor], y: np.ndarray, seed: int) -> dict:
+        """Fit on ``train`` (standardiser already fitted), ``C`` by inner CV; returns what was chosen."""
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+
+        X = self._design({m: train[m] for m in self.modalities}).double().cpu().numpy()
+        y = np.asarray(y, dtype=np.int64)
+        counts = np.bincount(y, minlength=self.num_classes)
+        n_splits = int(min(5, counts[counts > 0].max()))
+        if len(np.unique(y)) < 2 or n_splits < 2:
+            raise ValueError("the linear model needs at least two classes with two clips each in a training fold")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            clf = LogisticRegressionCV(Cs=self.cs, l1_ratios=(0.0,), cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
+                                       scoring="neg_log_loss", max_iter=3000, class_weight=self.class_weight,
+                                       use_legacy_attributes=False).fit(X, y)
+        coef = np.zeros((self.num_classes, X.shape[1]))
+        bias = np.full(self.num_classes, ABSENT_LOGIT)
+        present = clf.classes_.astype(np.int64)
+        if len(present) == 2:  # sklearn's binary form: P(c1) = sigmoid(w·x + b) = softmax([0, w·x + b])[1]
+            coef[present[1]], bias[present[0]], bias[present[1]] = clf.coef_[0], 0.0, clf.intercept_[0]
+        else:
+            coef[present], bias[present] = clf.coef_, clf.intercept_
+        self.classifier.weight.copy_(torch.as_tensor(coef, dtype=self.classifier.weight.dtype))
+        self.classifier.bias.copy_(torch.as_tensor(bias, dtype=self.classifier.bias.dtype))
+        return {"C": float(np.ravel(clf.C_)[0]), "inner_folds": n_splits}
