@@ -137,6 +137,30 @@ def _pseudo_accuracy(per_fold: list, test: dict | None) -> float | None:
     return round(float(np.mean(hits)), 4) if hits else None
 
 
+def _prior_shift(summary: dict, cfg: RunConfig, data: MERData, oof: np.ndarray, cand: np.ndarray, final: dict,
+                 test: dict | None) -> np.ndarray:
+    """EM estimate of the candidates' class prior (always reported); the submitted probabilities are
+    re-weighted to it only with ``recipe.prior_shift=true``. Uses no label."""
+    if not len(cand):
+        return cand
+    from semimer.semi.prior_shift import em_prior
+
+    train_prior = np.clip(np.asarray(oof, np.float64).mean(0), 1e-6, None)
+    prior, adjusted, it = em_prior(cand, train_prior)
+    info = {"applied": bool(cfg.recipe.prior_shift), "train_prior": dict(zip(data.classes, np.round(train_prior, 4).tolist())),
+            "candidate_prior": dict(zip(data.classes, np.round(prior, 4).tolist())), "iterations": it}
+    if test is not None:
+        info["test_without"] = test_scores(cand, data, test)["waf"]
+        info["test_with"] = test_scores(adjusted, data, test)["waf"]
+    summary["prior_shift"] = info
+    if not cfg.recipe.prior_shift:
+        return cand
+    final["what"] += "; posteriors re-weighted to the candidates' EM-estimated prior"
+    if test is not None:
+        final["test"] = test_scores(adjusted, data, test)
+    return adjusted.astype(np.float32)
+
+
 def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str | Path | None = None,
                pretrain_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) the recipe into ``out``. ``pretrain_dir`` lets several runs share one
@@ -264,6 +288,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         last = summary["stages"][final_dir]
         final = {"cv_waf": last["cv_waf"], "oof_waf": last["oof_waf"], "test": last.get("test"),
                  "what": f"{members[0]} fold ensemble of {final_dir}"}
+    cand = _prior_shift(summary, cfg, data, oof, cand, final, test)
     summary["final_round"] = final_round
     summary["final"] = final
     write_features_json(out, data)
