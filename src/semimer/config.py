@@ -127,6 +127,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
     # frame-level features of the training set: memory (RAM) | store (read per batch) | auto (RAM up to 4 GiB)
     frame_cache: str = "auto"
+    # regularisation for scarce labels (all off by default; see README "Regularisation")
+    label_smoothing: float = 0.0  # target (1 - eps)·onehot + eps/K, every classification term
+    modality_dropout: float = 0.0  # zero each modality of each clip with this probability (never all)
+    ema_decay: float = 0.0  # exponential moving average of the weights (e.g. 0.99); selection and saving use it
 
 
 @dataclass
@@ -138,6 +142,7 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     max_clips: int = 0  # 0 = whole unlabeled + labeled pool
     include_candidates: bool = True  # test clips are unlabeled: using them without labels is legitimate
+    finetune_lr_scale: float = 1.0  # fine-tuning from pre-trained weights uses train.lr × this
 
 
 @dataclass
@@ -314,6 +319,17 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
     bad = set(m.prune_modalities) - {"audio", "text", "video"}
     if bad:
         raise ValueError(f"model.prune_modalities has unknown modalities {sorted(bad)}; valid: audio, text, video")
+    t = cfg.train
+    for key, lo, hi in (("label_smoothing", 0.0, 1.0), ("modality_dropout", 0.0, 1.0), ("ema_decay", 0.0, 1.0)):
+        v = float(getattr(t, key))
+        if not lo <= v < hi:
+            raise ValueError(f"train.{key} must be in [{lo}, {hi}), got {v}")
+    if t.select not in ("inner", "fixed"):
+        raise ValueError(f"train.select must be inner or fixed, got {t.select!r}")
+    if not 0.0 < t.inner_fraction < 0.5:
+        raise ValueError(f"train.inner_fraction must be in (0, 0.5), got {t.inner_fraction}")
+    if not cfg.pretrain.finetune_lr_scale > 0:
+        raise ValueError(f"pretrain.finetune_lr_scale must be > 0, got {cfg.pretrain.finetune_lr_scale}")
 
 
 def _check_dicts(cfg: RunConfig) -> None:

@@ -40,9 +40,7 @@ class AttentionFusion(EmotionModel):
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(h, num_classes)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.check_batch(batch)
-        batch = self.standardizer(batch)
+    def _forward_std(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hs = torch.stack([self.encode(m, batch) for m in self.modalities], dim=1)  # (B, M, h)
         alpha = torch.softmax(self.attention(hs.flatten(1)), dim=-1)  # (B, M)
         fused = (alpha.unsqueeze(-1) * hs).sum(dim=1)

@@ -119,6 +119,9 @@ class EmotionModel(nn.Module):
             raise ValueError(f"model {getattr(self, 'registry_name', type(self).__name__)!r} takes utterance-level "
                              f"features only, but {[m for m, lv in self.levels.items() if lv == 'frame']} are frame level")
         self.standardizer = Standardizer(dims)
+        # training-only options, set by the trainer from TrainConfig (not saved with the weights)
+        self.label_smoothing = 0.0
+        self.modality_dropout = 0.0
 
     def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """Shapes match the model's levels: ``(B, D)`` or ``(B, T, D)`` + ``<m>_mask``."""
@@ -140,7 +143,49 @@ class EmotionModel(nn.Module):
             return self.encoders[m](batch[m], batch[m + MASK_SUFFIX])
         return self.encoders[m](batch[m])
 
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        return self._forward_std(self.standardizer(batch))
+
+    def _forward_std(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def training_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checked, standardised batch with modality dropout applied (training losses only)."""
+        self.check_batch(batch)
+        return drop_modalities(self.standardizer(batch), self.modalities, self.modality_dropout)
+
     def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self(batch)
-        loss = F.cross_entropy(out["logits"], y)
+        out = self._forward_std(self.training_inputs(batch))
+        loss = smoothed_nll(torch.log_softmax(out["logits"], dim=-1), y, self.label_smoothing)
         return loss, {"cls": float(loss.detach())}
+
+
+def smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with label smoothing on log-probabilities ``(B, K)``:
+    ``(1 - eps)·NLL(y) + eps·mean_c(-log p_c)`` (the target is ``(1 - eps)·onehot + eps/K``)."""
+    nll = F.nll_loss(logp, y)
+    if not eps:
+        return nll
+    return (1.0 - eps) * nll + eps * (-logp.mean(dim=-1)).mean()
+
+
+def drop_modalities(x: dict[str, torch.Tensor], modalities: list[str], p: float) -> dict[str, torch.Tensor]:
+    """Modality dropout on a standardised batch: each modality of each clip is zeroed (= the
+    training mean) with probability ``p``, never all of a clip's modalities (a clip whose draw
+    drops everything keeps one modality, chosen uniformly). Expected dropped share per
+    (clip, modality): ``p - p**M / M`` for ``M`` modalities. Uses torch's global RNG (seeded per fold)."""
+    if not p or len(modalities) < 2:
+        return x
+    first = x[modalities[0]]
+    B, M = first.shape[0], len(modalities)
+    drop = torch.rand(B, M, device=first.device) < p
+    everything = drop.all(dim=1)
+    if everything.any():
+        keep = torch.randint(M, (int(everything.sum()),), device=first.device)
+        drop[everything.nonzero(as_tuple=True)[0], keep] = False
+    out = dict(x)
+    for j, m in enumerate(modalities):
+        shape = (B,) + (1,) * (x[m].dim() - 1)
+        out[m] = x[m] * (~drop[:, j]).view(shape).to(x[m].dtype)
+    return out

@@ -40,9 +40,8 @@ class LinearModel(EmotionModel):
         batch = self.standardizer(batch)
         return torch.cat([batch[m] for m in self.modalities], dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.check_batch(batch)
-        logits = self.classifier(self._design(batch))
+    def _forward_std(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.classifier(torch.cat([x[m] for m in self.modalities], dim=1))
         return {"logits": logits, "probs": torch.softmax(logits, dim=-1)}
 
     @torch.no_grad()

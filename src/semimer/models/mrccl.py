@@ -35,7 +35,7 @@ from torch import nn
 
 from semimer.models.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
 from semimer.models import register_model
-from semimer.models.base import EmotionModel, mlp_head
+from semimer.models.base import EmotionModel, drop_modalities, mlp_head, smoothed_nll
 from semimer.models.frame import frame_encoder_from_config
 from semimer.models.noise import scheduler_from_config
 from semimer.data.ragged import MASK_SUFFIX
@@ -118,10 +118,6 @@ class MRCCL(EmotionModel):
         return {"h": h, "head_logits": head_logits, "probs": probs,
                 "logits": torch.log(probs.clamp_min(1e-12))}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        self.check_batch(batch)
-        return self._forward_std(self.standardizer(batch))
-
     def _noisy(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(x)  # masks carried over
         for m in self.modalities:
@@ -145,13 +141,18 @@ class MRCCL(EmotionModel):
 
     def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         self.check_batch(batch)
-        x = self.standardizer(batch)
+        clean = self.standardizer(batch)
+        x = drop_modalities(clean, self.modalities, self.modality_dropout)
         out = self._forward_std(x)
-        fused = F.nll_loss(out["logits"], y)
-        per_head = torch.stack([F.cross_entropy(out["head_logits"][k], y) for k in self.head_names]).mean()
+        eps = self.label_smoothing
+        fused = smoothed_nll(out["logits"], y, eps)
+        per_head = torch.stack([F.cross_entropy(out["head_logits"][k], y, label_smoothing=eps)
+                                for k in self.head_names]).mean()
         loss = fused + per_head
         parts = {"cls": float(loss.detach())}
-        terms, cparts = self._contrastive(x, out["h"], self.cfg.use_modal, self.cfg.use_noise)
+        # contrastive terms pair modalities of the same clip: computed on the clips as they are
+        h = out["h"] if x is clean else self.embed(clean)
+        terms, cparts = self._contrastive(clean, h, self.cfg.use_modal, self.cfg.use_noise)
         if "modal" in terms:
             loss = loss + self.cfg.lambda_modal * terms["modal"]
         if "noise" in terms:

@@ -144,8 +144,10 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
     K = len(classes)
     fold = data_folds(data, cfg)
     pseudo = _per_fold(pseudo, tc.folds)
-    stage_fp = run_state.fingerprint("cv", run_state.settings(cfg, "data", "model", "noise", "train"), data.summary(),
-                                     _groups(data), fold, init_state)
+    if init_state is not None and cfg.pretrain.finetune_lr_scale != 1.0:  # a gentler fine-tuning of pre-trained weights
+        tc = dataclasses.replace(tc, lr=tc.lr * cfg.pretrain.finetune_lr_scale)
+    stage_fp = run_state.fingerprint("cv", run_state.settings(cfg, "data", "model", "noise", "train"), tc.lr,
+                                     data.summary(), _groups(data), fold, init_state)
     write_text(out / "config.yaml", to_yaml(cfg))
     write_features_json(out, data)
     save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes, data.groups)

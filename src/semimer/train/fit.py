@@ -84,7 +84,8 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
 
 
 def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator, opt, loss_fn: Callable,
-              y: torch.Tensor | None = None, desc: str = "fit") -> tuple[dict[str, float], int]:
+              y: torch.Tensor | None = None, desc: str = "fit",
+              after_step: Callable[[], None] | None = None) -> tuple[dict[str, float], int]:
     """One pass over ``feats`` in seeded batches: ``loss_fn(batch)`` or ``loss_fn(batch, y[idx])``,
     AdamW step. Shared by fine-tuning (:func:`fit`) and pre-training (:mod:`.pretrain`). Returns
     the summed loss terms (``loss`` + the model's parts) and the number of steps."""
@@ -103,6 +104,8 @@ def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
         steps += 1
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         for k, v in parts.items():
@@ -136,9 +139,16 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
     n = len(y_train)
     if n_items(train) != n:
         raise ValueError(f"{desc}: {n_items(train)} training clips but {n} labels")
+    model.label_smoothing, model.modality_dropout = float(cfg.label_smoothing), float(cfg.modality_dropout)
+    ema = None
+    if cfg.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    scored = model if ema is None else ema.module  # the weights that are evaluated, chosen and kept
     has_val = val is not None and y_val is not None and len(y_val) > 0
     best = (-1.0, -1)
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(scored.state_dict())
     history: list[dict] = []
     epochs = range(cfg.epochs)
     bar = None
@@ -146,28 +156,33 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
         from tqdm import tqdm
 
         bar = epochs = tqdm(epochs, desc=desc, unit="ep", leave=False, disable=None, mininterval=0.5)
-    for epoch in epochs:
-        model.train()
-        sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, model.loss, y=y_train, desc=desc)
-        rec = {"epoch": epoch, "train_loss": sums.pop("loss", 0.0) / max(steps, 1),
-               **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
-        if has_val:
-            rec["val_waf"], rec["val_loss"] = _waf(model, val, y_val, cfg.eval_batch_size)
-            if rec["val_waf"] > best[0]:
-                best = (rec["val_waf"], epoch)
-                best_state = copy.deepcopy(model.state_dict())
-        if monitor is not None and y_monitor is not None and len(y_monitor):
-            rec["monitor_waf"], rec["monitor_loss"] = _waf(model, monitor, y_monitor, cfg.eval_batch_size)
-        history.append(rec)
-        if on_epoch:
-            on_epoch(rec)
-        if bar is not None:
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
-        if cfg.patience and has_val and epoch - best[1] >= cfg.patience:
-            log.debug("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
-            break
+    try:
+        for epoch in epochs:
+            model.train()
+            sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, model.loss, y=y_train, desc=desc,
+                                    after_step=None if ema is None else (lambda: ema.update_parameters(model)))
+            rec = {"epoch": epoch, "train_loss": sums.pop("loss", 0.0) / max(steps, 1),
+                   **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
+            if has_val:
+                rec["val_waf"], rec["val_loss"] = _waf(scored, val, y_val, cfg.eval_batch_size)
+                if rec["val_waf"] > best[0]:
+                    best = (rec["val_waf"], epoch)
+                    best_state = copy.deepcopy(scored.state_dict())
+            if monitor is not None and y_monitor is not None and len(y_monitor):
+                rec["monitor_waf"], rec["monitor_loss"] = _waf(scored, monitor, y_monitor, cfg.eval_batch_size)
+            history.append(rec)
+            if on_epoch:
+                on_epoch(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
+            if cfg.patience and has_val and epoch - best[1] >= cfg.patience:
+                log.debug("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
+                break
+    finally:
+        model.label_smoothing = model.modality_dropout = 0.0
     if has_val:
         model.load_state_dict(best_state)
     else:
+        model.load_state_dict(scored.state_dict())
         best = (float("nan"), len(history) - 1)
     return FitResult(best_epoch=best[1], best_val_waf=best[0], history=history)
