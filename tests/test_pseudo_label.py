@@ -254,3 +254,50 @@ def test_fit_temperature_recovers_the_generating_temperature():
     row = np.array([[0.5, 0.3, 0.2]])
     e = row[0] ** (1 / 0.5)
     np.testing.assert_allclose(apply_temperature(row, 0.5)[0], e / e.sum())
+
+
+def test_select_topk_by_hand():
+    from semimer.semi.pseudo_label import select_topk
+
+    classes = ["a", "b", "c"]
+    probs = np.array([[0.9, 0.05, 0.05],   # n0 -> a 0.9
+                      [0.8, 0.1, 0.1],     # n1 -> a 0.8
+                      [0.7, 0.2, 0.1],     # n2 -> a 0.7
+                      [0.1, 0.6, 0.3],     # n3 -> b 0.6
+                      [0.2, 0.75, 0.05],   # n4 -> b 0.75
+                      [0.3, 0.3, 0.4],     # n5 -> c 0.4 (below min_confidence 0.5)
+                      [0.05, 0.05, 0.9]])  # n6 -> c 0.9
+    names = [f"n{i}" for i in range(7)]
+    # n_total 6, prior (0.5, 1/3, 1/6): quotas a 3, b 2, c 1
+    sel = select_topk(probs, names, [0.5, 1 / 3, 1 / 6], 6, classes, min_confidence=0.5)
+    assert sel.names == ["n0", "n1", "n2", "n3", "n4", "n6"]
+    assert sel.per_class_counts.tolist() == [3, 2, 1]
+    # quotas bind: prior (1/6, 1/6, 2/3) -> a 1 (most confident: n0), b 1 (n4), c 4 (only n6 qualifies)
+    sel = select_topk(probs, names, [1 / 6, 1 / 6, 2 / 3], 6, classes, min_confidence=0.5, exclude={"n0"})
+    assert sel.names == ["n1", "n4", "n6"]
+    np.testing.assert_allclose(sel.thresholds, [0.8, 0.75, 0.9])
+    with pytest.raises(ValueError, match="prior"):
+        select_topk(probs, names, [0.5, 0.5, 0.5], 6, classes)
+
+
+def test_recipe_topk_selection_follows_the_estimated_pool_prior(tiny_data, tmp_path):
+    from semimer.config import load_config
+    from semimer.data.layout import load_dataset
+    from semimer.data.synth import FEATURE_NAMES
+    from semimer.semi.recipe import run_recipe
+
+    ds, test_labels = tiny_data
+    data = load_dataset(ds, FEATURE_NAMES)
+    cfg = load_config(None, [f"data.root={ds}", "recipe.vote_members=[attention]", "train.epochs=3", "train.folds=2",
+                             "train.progress=false", "model.hidden=16", "self_train.selection=topk",
+                             "self_train.topk_fraction=0.2", "self_train.min_confidence=0.0", "self_train.rounds=2"])
+    s = run_recipe(data, cfg, tmp_path / "run", test_labels)
+    pool = len([n for n in data.unlabeled if n not in set(data.labeled)])
+    r1 = s["pseudo_labels_per_round"]["1"]
+    for k, counts in enumerate(r1["per_fold"]):
+        prior = np.array(r1["pool_priors"][k])
+        assert sum(prior) == pytest.approx(1, abs=1e-3)
+        quota = np.round(round(0.2 * pool) * prior)  # a class gets at most its share (fewer if fewer are predicted as it)
+        assert 0 < sum(counts) <= round(0.2 * pool) + len(counts) and (np.array(counts) <= quota + 1e-9).all()
+    r2 = s["pseudo_labels_per_round"]["2"]
+    assert sum(map(sum, r2["per_fold"])) > 0 and r2["accuracy"] is not None

@@ -159,6 +159,12 @@ class SelfTrainConfig:
     adaptive: bool = False  # FlexMatch-style class-adaptive thresholds
     adaptive_base: float = 0.95
     max_per_class: int = 0  # 0 = no cap
+    # threshold: keep clips reaching their class's τ (published) | topk: class-balanced, per round the
+    # topk_fraction of the remaining pool split over the classes by the pool's EM-estimated prior
+    # (semimer.semi.prior_shift), most confident first, never below min_confidence
+    selection: str = "threshold"
+    topk_fraction: float = 0.1
+    min_confidence: float = 0.5
 
 
 @dataclass
@@ -328,6 +334,12 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
         raise ValueError(f"train.select must be inner or fixed, got {t.select!r}")
     if not 0.0 < t.inner_fraction < 0.5:
         raise ValueError(f"train.inner_fraction must be in (0, 0.5), got {t.inner_fraction}")
+    st = cfg.self_train
+    if st.selection not in ("threshold", "topk"):
+        raise ValueError(f"self_train.selection must be threshold or topk, got {st.selection!r}")
+    if not 0.0 < st.topk_fraction <= 1.0 or not 0.0 <= st.min_confidence <= 1.0:
+        raise ValueError(f"self_train.topk_fraction must be in (0, 1] and min_confidence in [0, 1], got "
+                         f"{st.topk_fraction}, {st.min_confidence}")
     if not cfg.pretrain.finetune_lr_scale > 0:
         raise ValueError(f"pretrain.finetune_lr_scale must be > 0, got {cfg.pretrain.finetune_lr_scale}")
 

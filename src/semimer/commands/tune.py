@@ -12,7 +12,9 @@ another train.seed than the search (other folds) only partly helps.
 
 Running the same command again continues the study in TUNE_DIR/optuna.db: complete trials count
 toward --trials. key=value arguments fix a key (it is then not searched); --config only sets the
-starting point. No trial is stopped early (per-fold WAFs are reported after each trial's CV).
+starting point. A folder holding a study made with other settings is refused (--overwrite
+deletes that study and its trials/). No trial is stopped early (per-fold WAFs are reported after
+each trial's CV).
 """
 
 

@@ -255,6 +255,43 @@ def select_pseudo_labels(probs: np.ndarray, names: Sequence[str], thresholds, cl
                      per_class_counts=np.bincount(labels, minlength=K).astype(np.int64), thresholds=t)
 
 
+def select_topk(probs: np.ndarray, names: Sequence[str], prior, n_total: int, classes: Sequence[str],
+                min_confidence: float = 0.0, exclude: Iterable[str] = ()) -> Selection:
+    """Class-balanced selection: class ``c`` gets ``round(n_total · prior[c])`` clips, the most
+    confident among those predicted as ``c`` (ties by name) with confidence ≥ ``min_confidence``;
+    clips in ``exclude`` are skipped. ``prior`` is the pool's estimated class prior, so the
+    pseudo-labels follow the pool's class mix instead of whichever classes are easiest.
+    The selection keeps the input row order; ``thresholds`` holds each class's lowest kept
+    confidence (1.0 for a class that got none)."""
+    classes = list(classes)
+    K = len(classes)
+    names = list(names)
+    p = check_probs(probs, K)
+    if len(names) != len(p):
+        raise ValueError(f"{len(names)} names for {len(p)} probability rows")
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (K,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"prior must be ({K},) non-negative and sum to 1, got {prior}")
+    if int(n_total) < 0:
+        raise ValueError(f"n_total must be >= 0, got {n_total}")
+    excluded = set(exclude)
+    conf = p.max(axis=1) if len(p) else np.zeros(0)
+    pred = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64)
+    ok = (conf >= float(min_confidence) - THRESHOLD_ATOL) & np.array([n not in excluded for n in names], dtype=bool)
+    keep = np.zeros(len(p), bool)
+    lowest = np.ones(K)
+    for c in range(K):
+        quota = int(round(int(n_total) * prior[c]))
+        idx = sorted(np.flatnonzero(ok & (pred == c)).tolist(), key=lambda i: (-conf[i], names[i]))[:quota]
+        keep[idx] = True
+        if idx:
+            lowest[c] = conf[idx].min()
+    idx = np.flatnonzero(keep)
+    labels = pred[idx].astype(np.int64)
+    return Selection(names=[names[i] for i in idx], labels=labels, confidence=conf[idx].astype(np.float64),
+                     per_class_counts=np.bincount(labels, minlength=K).astype(np.int64), thresholds=lowest)
+
+
 # --------------------------------------------------------------------------------------------
 # the pseudo-label file: one row per pseudo-labeled clip, every round in one CSV
 # --------------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ from semimer.eval.metrics import scores, summarise
 from semimer.eval.predictions import write_predictions, write_submission
 from semimer.io import write_csv, write_json, write_text
 from semimer.semi.calibration import apply_temperature, fit_temperature
+from semimer.semi.prior_shift import em_prior
 from semimer.semi.pseudo_label import (SELECTION_COLUMNS, adaptive_thresholds, read_selection_csv,
-                                       select_pseudo_labels, write_selection_csv)
+                                       select_pseudo_labels, select_topk, write_selection_csv)
 from semimer.semi.voting import fit_vote_weights, nested_vote, soft_vote
 from semimer.train import run_state
 from semimer.train.cv import CVResult, PseudoLabels, cross_validate, data_folds, run_fingerprint, write_features_json
@@ -99,7 +100,7 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
         device = pick_device(cfg.train.device)
         probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
                               progress=cfg.train.progress, average=False)
-        temps, taus = [], []
+        temps, taus, priors = [], [], []
         for k, (sel_idx, sel_probs) in enumerate(res.selection):
             p = probs[k]
             t = 1.0
@@ -109,15 +110,25 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
             elif st.calibrate:
                 log.warning("round %d fold %d: no inner selection split (train.select=fixed): "
                             "thresholds apply to uncalibrated probabilities", r, k)
-            tau = (adaptive_thresholds(p, st.adaptive_base, len(classes)) if st.adaptive
-                   else np.asarray(class_thresholds(cfg)))
-            sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=earlier[k])
+            if st.selection == "topk":
+                # the pool's class prior by EM, from the prior this model behaves as if trained under
+                # (its mean calibrated posterior on its inner split; the pool's own mean without one)
+                ref = apply_temperature(sel_probs, t) if len(sel_idx) else p
+                prior, p, _ = em_prior(p, np.clip(ref.mean(0), 1e-6, None))
+                n_total = int(round(st.topk_fraction * sum(n not in earlier[k] for n in pool)))
+                sel = select_topk(p, pool, prior, n_total, classes, st.min_confidence, exclude=earlier[k])
+                priors.append([round(float(x), 4) for x in prior])
+            else:
+                tau = (adaptive_thresholds(p, st.adaptive_base, len(classes)) if st.adaptive
+                       else np.asarray(class_thresholds(cfg)))
+                sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=earlier[k])
+            tau = sel.thresholds
             write_selection_csv(csv, sel, classes, r, fold=k)
             temps.append(round(float(t), 4))
             taus.append([round(float(x), 4) for x in tau])
         if not csv.is_file():  # no fold at all
             write_csv(csv, list(SELECTION_COLUMNS), [])
-        run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus)
+        run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus, pool_priors=priors or None)
         info = run_state.done(folder, fp)
     else:
         log.info("round %d: reusing pseudo-labels from %s", r, csv)
@@ -225,7 +236,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         counts = [np.bincount(lab, minlength=K).tolist() for _, lab, _ in per_fold]
         total = np.sum(counts, axis=0).tolist()
         ppr[str(r)] = {"per_fold": counts, "total": dict(zip(classes, total)), "accuracy": _pseudo_accuracy(per_fold, test),
-                       "temperatures": info.get("temperatures")}
+                       "temperatures": info.get("temperatures"), "pool_priors": info.get("pool_priors")}
         log.info("round %d: %d pseudo-labels over %d folds (%s)", r, sum(total), folds,
                  ", ".join(f"{c} {n}" for c, n in zip(classes, total)))
         if sum(total) == 0:

@@ -82,9 +82,9 @@ SPACE: dict[str, dict] = {
     "train.oversample": {"type": "categorical", "choices": [False, True],
                          "help": "oversample minority classes inside the training folds"},
     "pretrain.enabled": {"type": "categorical", "choices": [False, True], "only": "mrccl",
-                         "help": "contrastive pre-training first (main model mrccl only)"},
+                         "help": "contrastive pre-training first"},
     "self_train.rounds": {"type": "categorical", "choices": [0, 1], "only": "recipe",
-                          "help": "self-training rounds (target recipe only)"},
+                          "help": "self-training rounds"},
 }
 
 
