@@ -10,7 +10,8 @@ from sklearn.metrics import f1_score
 
 from semimer import MER2024_CLASSES
 from semimer.eval.predictions import write_predictions
-from semimer.semi.voting import _simplex_grid, _waf_fast, fit_vote_weights, nested_vote, soft_vote
+from semimer.semi.voting import (_simplex_grid, _waf_fast, choose_ensemble, fit_vote_weights, nested_choice, nested_vote,
+                                 soft_vote)
 
 CLASSES = list(MER2024_CLASSES)
 K = len(CLASSES)
@@ -144,3 +145,38 @@ def test_nested_vote_of_noise_members_scores_at_chance_while_the_in_sample_fit_i
         nested.append(f1_score(y, voted.argmax(1), average="weighted"))
     assert np.mean(in_sample) > np.mean(nested) + 0.03
     assert abs(np.mean(nested) - 1 / K) < 0.06
+
+
+def test_choose_ensemble_prefers_a_member_the_vote_cannot_beat_and_nested_choice_is_recomputable():
+    rng = np.random.default_rng(5)
+    n = 120
+    y = rng.integers(0, K, size=n)
+    fold = np.arange(n) % 4
+    good = np.full((n, K), 0.02)
+    good[np.arange(n), y] = 0.9
+    good /= good.sum(1, keepdims=True)
+    noise = [rng.dirichlet(np.ones(K), size=n) for _ in range(2)]
+    chosen, w, nested = choose_ensemble([good, *noise], y, fold, ["good", "n1", "n2"], grid_step=0.25)
+    assert nested["good"] == pytest.approx(1.0) and nested["good"] >= max(nested.values()) - 1e-12
+    assert chosen in ("vote", "good") and w[0] == max(w)
+    # the nested procedure: fold k's rows get choose_ensemble(other folds) applied to them
+    voted, per_fold = nested_choice([good, *noise], y, fold, ["good", "n1", "n2"], grid_step=0.25)
+    for k in range(4):
+        r = fold != k
+        c, wk, _ = choose_ensemble([good[r], noise[0][r], noise[1][r]], y[r], fold[r], ["good", "n1", "n2"], 0.25)
+        assert per_fold[k] == c
+        np.testing.assert_allclose(voted[fold == k], soft_vote([good[fold == k], noise[0][fold == k], noise[1][fold == k]], wk))
+    with pytest.raises(ValueError, match="three folds"):
+        nested_choice([good], y, np.arange(n) % 2, ["good"])
+
+
+def test_nested_choice_of_noise_members_scores_at_chance():
+    rng = np.random.default_rng(1)
+    wafs = []
+    for _ in range(15):
+        y = rng.integers(0, K, size=60)
+        fold = rng.permutation(np.arange(60) % 5)
+        members = [rng.dirichlet(np.ones(K), size=60) for _ in range(3)]
+        voted, _ = nested_choice(members, y, fold, ["a", "b", "c"], grid_step=0.25)
+        wafs.append(f1_score(y, voted.argmax(1), average="weighted"))
+    assert abs(np.mean(wafs) - 1 / K) < 0.06

@@ -13,8 +13,9 @@ Stages (each in its own folder of ``RUN/``, reused when its fingerprint matches,
                    clips reaching their class threshold join fold k's training part only; every
                    fold is trained again. A round that selects nothing is *skipped* (reported so);
 4. ``member_<model>/`` the other voting members, trained on the same folds and per-fold pseudo-labels;
-5. vote            weights over the members fitted on OOF predictions; the reported vote score is
-                   *nested* (fold k voted with weights fitted on the other folds' OOF only);
+5. vote            among the grid vote, equal weights and each member alone, the ensemble with the best
+                   nested OOF WAF is chosen and fitted on all OOF predictions; the reported score is
+                   of that whole procedure, nested (fold k gets what was chosen and fitted without it);
 6. outputs         ``predictions.csv`` (+ probabilities), ``submission.csv`` (``name,discrete``),
                    ``oof.csv`` (the out-of-sample OOF of exactly what is submitted),
                    ``pseudo_labels.csv`` (``name,discrete,confidence,round,fold``), ``metrics.json``
@@ -42,7 +43,7 @@ from semimer.semi.calibration import apply_temperature, fit_temperature
 from semimer.semi.prior_shift import em_prior
 from semimer.semi.pseudo_label import (SELECTION_COLUMNS, adaptive_thresholds, read_selection_csv,
                                        select_pseudo_labels, select_topk, write_selection_csv)
-from semimer.semi.voting import fit_vote_weights, nested_vote, soft_vote
+from semimer.semi.voting import choose_ensemble, fit_vote_weights, nested_choice, nested_vote, soft_vote
 from semimer.train import run_state
 from semimer.train.cv import CVResult, PseudoLabels, cross_validate, data_folds, run_fingerprint, write_features_json
 from semimer.train.fit import predict_names
@@ -271,28 +272,38 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
             member_dirs[m] = f"member_{m}"
             summary["stages"][f"member_{m}"] = _cv_summary(results[m], test, data)
         timing["members"] = time.time() - t
-        _stage(stage_no, n_stages, "weighted soft voting (nested: fold k voted with weights fitted on the other folds)")
+        _stage(stage_no, n_stages, "weighted soft voting (chosen and scored out of sample: nested over folds)")
         oofs = [results[m].oof_probs for m in members]
-        oof, w_fold = nested_vote(oofs, data.labels, fold, cfg.recipe.vote_grid_step)
-        weights, in_sample = fit_vote_weights(oofs, data.labels, cfg.recipe.vote_grid_step)
+        if folds >= 3:  # choose among the grid vote, equal weights and each member; score the choice nested
+            chosen, weights, candidates = choose_ensemble(oofs, data.labels, fold, members, cfg.recipe.vote_grid_step)
+            oof, per_fold_choice = nested_choice(oofs, data.labels, fold, members, cfg.recipe.vote_grid_step)
+        else:  # two folds cannot nest a choice: the grid vote, scored nested
+            chosen, candidates, per_fold_choice = "vote", None, None
+            oof, _ = nested_vote(oofs, data.labels, fold, cfg.recipe.vote_grid_step)
+            weights, _ = fit_vote_weights(oofs, data.labels, cfg.recipe.vote_grid_step)
+        in_sample = scores(data.labels, soft_vote(oofs, weights).argmax(1), K)["waf"]
         cand = soft_vote([results[m].cand_probs for m in members], weights)
         fold_scores = [scores(data.labels[fold == k], oof[fold == k].argmax(1), K, classes) for k in range(folds)]
         member_oof = {m: results[m].metrics["oof"]["waf"] for m in members}
-        vote = {"weights": dict(zip(members, map(float, weights))),
-                "weights_per_fold": [dict(zip(members, map(float, w))) for w in w_fold],
+        vote = {"chosen": chosen, "weights": dict(zip(members, map(float, weights))),
+                "candidates_nested_oof_waf": candidates, "chosen_per_fold": per_fold_choice,
                 "oof_waf_in_sample": float(in_sample), "nested_oof_waf": scores(data.labels, oof.argmax(1), K)["waf"],
                 "cv_waf": summarise(fold_scores)["waf"], "members_oof_waf": member_oof}
         vote["oof_waf"] = vote["nested_oof_waf"]
         best = max(member_oof, key=member_oof.get)
-        if vote["nested_oof_waf"] < member_oof[best]:
-            vote["note"] = (f"the vote does not beat its best member out of sample "
+        if chosen in members:
+            vote["note"] = f"the vote does not beat its best member out of sample: {chosen} alone is submitted"
+            log.warning(vote["note"])
+        elif vote["nested_oof_waf"] < member_oof[best]:
+            vote["note"] = (f"the chosen ensemble scores below its best member out of sample "
                             f"({100 * vote['nested_oof_waf']:.2f} vs {best} {100 * member_oof[best]:.2f} OOF WAF)")
             log.warning(vote["note"])
         if test is not None:
             vote["test"] = test_scores(cand, data, test)
         summary["stages"]["vote"] = vote
-        what = "soft vote of " + ", ".join(f"{m} ({member_dirs[m]}) × {w:.2f}" for m, w in vote["weights"].items()) + \
-               "; weights fitted on all OOF predictions, CV of the nested vote"
+        what = (f"{chosen}: soft vote of " + ", ".join(f"{m} ({member_dirs[m]}) × {w:.2f}"
+                                                      for m, w in vote["weights"].items() if w > 0)
+                + "; chosen and fitted on all OOF predictions; CV = the same procedure nested over folds")
         final = {"cv_waf": vote["cv_waf"], "oof_waf": vote["nested_oof_waf"], "test": vote.get("test"), "what": what}
     else:
         cand, oof = res.cand_probs, res.oof_probs

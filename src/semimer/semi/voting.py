@@ -193,3 +193,60 @@ def nested_vote(oof_list: Sequence[np.ndarray], y: Sequence[int], fold: Sequence
         weights[i], _ = fit_vote_weights([p[rest] for p in P], y[rest], grid_step)
         out[here] = soft_vote([p[here] for p in P], weights[i])
     return out, weights
+
+
+def _candidates(P: np.ndarray, y: np.ndarray, grid_step: float, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Ensembles to choose from, each as weights fitted on ``(P, y)``: the grid vote, equal
+    weights, and every member alone."""
+    M = len(P)
+    out = {"vote": fit_vote_weights(list(P), y, grid_step)[0], "equal": np.full(M, 1.0 / M)}
+    for i, n in enumerate(names):
+        out[n] = np.eye(M)[i]
+    return out
+
+
+def _nested_scores(P: np.ndarray, y: np.ndarray, fold: np.ndarray, grid_step: float,
+                   names: Sequence[str]) -> dict[str, float]:
+    """Out-of-sample WAF of each candidate on these rows (weights fitted without the scored fold)."""
+    K = P.shape[2]
+    voted = {c: np.zeros(P.shape[1:]) for c in ["vote", "equal", *names]}
+    for k in np.unique(fold):
+        rest, here = fold != k, fold == k
+        for c, w in _candidates(P[:, rest], y[rest], grid_step, names).items():
+            voted[c][here] = soft_vote(list(P[:, here]), w)
+    return {c: _waf_fast(y, v.argmax(1), K) for c, v in voted.items()}
+
+
+def choose_ensemble(oof_list: Sequence[np.ndarray], y: Sequence[int], fold: Sequence[int], names: Sequence[str],
+                    grid_step: float = 0.1) -> tuple[str, np.ndarray, dict[str, float]]:
+    """Pick, among the grid vote, equal weights and each member alone, the ensemble with the best
+    nested OOF WAF on these rows (ties: that order), and fit its weights on all of them. A vote
+    that does not beat its best member out of sample is thus never chosen over it.
+    Returns ``(chosen, weights, nested WAF per candidate)``."""
+    P = _stack(oof_list, "OOF probability arrays")
+    y, fold = np.asarray(y), np.asarray(fold)
+    if len(np.unique(fold)) < 2:
+        raise ValueError("choosing an ensemble needs at least two folds")
+    nested = _nested_scores(P, y, fold, grid_step, list(names))
+    chosen = max(nested, key=lambda c: (nested[c] - TIE_TOL * list(nested).index(c)))
+    return chosen, _candidates(P, y, grid_step, list(names))[chosen], nested
+
+
+def nested_choice(oof_list: Sequence[np.ndarray], y: Sequence[int], fold: Sequence[int], names: Sequence[str],
+                  grid_step: float = 0.1) -> tuple[np.ndarray, list[str]]:
+    """Out-of-sample score of :func:`choose_ensemble` itself: fold ``k``'s rows get the ensemble
+    chosen *and* fitted on the other folds only (the choice is nested inside them). Needs ≥ 3 folds.
+    Returns ``(voted OOF probabilities, the choice made for each fold)``."""
+    P = _stack(oof_list, "OOF probability arrays")
+    y, fold = np.asarray(y), np.asarray(fold)
+    folds = np.unique(fold)
+    if len(folds) < 3:
+        raise ValueError("a nested choice needs at least three folds")
+    out = np.zeros(P.shape[1:])
+    chosen = []
+    for k in folds:
+        rest, here = fold != k, fold == k
+        c, w, _ = choose_ensemble(list(P[:, rest]), y[rest], fold[rest], names, grid_step)
+        out[here] = soft_vote(list(P[:, here]), w)
+        chosen.append(c)
+    return out, chosen
