@@ -194,14 +194,14 @@ def test_pseudo_labels_never_enter_validation(run, data, tmp_path):
 
 
 def test_folds_finished_under_other_inputs_are_never_reused_after_a_kill(data, tmp_path, monkeypatch):
-    """Run A finishes every fold; run B (other settings) is killed in its first fold; B restarted
+    """A 5-fold run A finishes every fold; run B (other settings) is killed in its first fold; B restarted
     must retrain every fold rather than take A's finished folds as its own."""
     import semimer.train.cv as cvmod
     from semimer.train.run_state import RunExistsError
 
-    base = [f"data.root={data.root}", "train.folds=3", "train.progress=false", "train.threads=1", "model.hidden=16"]
+    base = [f"data.root={data.root}", "train.folds=5", "train.progress=false", "train.threads=1", "model.hidden=16"]
     run_cv(data, load_config(None, [*base, "train.epochs=1"]), tmp_path / "r")
-    a_folds = [(tmp_path / "r" / f"fold_{k}" / "model.safetensors").read_bytes() for k in range(3)]
+    a_folds = [(tmp_path / "r" / f"fold_{k}" / "model.safetensors").read_bytes() for k in range(5)]
 
     def killed(*a, **kw):
         raise KeyboardInterrupt("simulated kill in fold 0")
@@ -214,10 +214,10 @@ def test_folds_finished_under_other_inputs_are_never_reused_after_a_kill(data, t
         run_cv(data, cfg_b, tmp_path / "r", overwrite=True)
     monkeypatch.undo()
     res = run_cv(data, cfg_b, tmp_path / "r")  # B's own settings now: no --overwrite needed
-    for k in range(3):
+    for k in range(5):
         assert (tmp_path / "r" / f"fold_{k}" / "model.safetensors").read_bytes() != a_folds[k]
         assert len(json.loads((tmp_path / "r" / f"fold_{k}" / "result.json").read_text())["history"]) == 2
-    assert len(res.metrics["folds"]) == 3
+    assert len(res.metrics["folds"]) == 5
 
 
 def test_the_scored_fold_never_chooses_anything(data, tmp_path, monkeypatch):
