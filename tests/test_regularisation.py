@@ -103,3 +103,59 @@ def test_finetune_lr_scale_applies_only_with_pretrained_weights(tiny_data, tmp_p
         load_config(None, ["pretrain.finetune_lr_scale=0"])
     with pytest.raises(ValueError, match="label_smoothing"):
         load_config(None, ["train.label_smoothing=1.5"])
+
+
+def test_weighted_loss_is_the_weighted_mean_of_per_clip_losses():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 4, generator=g)
+    y = torch.randint(4, (6,), generator=g)
+    w = torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 0.25])
+    for eps in (0.0, 0.2):
+        per = F.cross_entropy(logits, y, label_smoothing=eps, reduction="none")
+        want = (w * per).sum() / w.sum()
+        assert torch.allclose(smoothed_nll(torch.log_softmax(logits, -1), y, eps, w), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["attention", "mrccl"])
+def test_a_clip_with_weight_one_among_zeros_gives_its_own_loss(name):
+    """loss(batch, y, weight = e_0) equals the loss of clip 0 alone (classification terms only)."""
+    cfg = load_config(None, ["model.dropout=0.0", "model.use_modal=false", "model.use_noise=false", "model.hidden=8"])
+    torch.manual_seed(0)
+    model = build_model(name, {"audio": 5, "text": 3}, 4, cfg.model).eval()
+    batch = {"audio": torch.randn(5, 5), "text": torch.randn(5, 3)}
+    y = torch.tensor([2, 0, 1, 3, 1])
+    w = torch.tensor([1.0, 0, 0, 0, 0])
+    got, _ = model.loss(batch, y, w)
+    alone, _ = model.loss({m: x[:1] for m, x in batch.items()}, y[:1])
+    assert torch.allclose(got, alone, atol=1e-6)
+
+
+def test_softmatch_weights_by_hand():
+    from semimer.semi.pseudo_label import softmatch_weights
+
+    got = softmatch_weights(np.array([0.9, 0.6, 0.4]), mu=0.6, sigma=0.1)
+    np.testing.assert_allclose(got, [1.0, 1.0, np.exp(-0.04 / 0.02)])
+
+
+def test_recipe_softmatch_weights_enter_the_pseudo_labels(tiny_data, tmp_path, monkeypatch):
+    from semimer.data.layout import load_dataset
+    from semimer.data.synth import FEATURE_NAMES
+    from semimer.semi import recipe as recipemod
+
+    data = load_dataset(tiny_data[0], FEATURE_NAMES)
+    seen = []
+    real = recipemod.cross_validate
+
+    def spy(d, c, out, pseudo=None, **kw):
+        seen.append(pseudo)
+        return real(d, c, out, pseudo=pseudo, **kw)
+
+    monkeypatch.setattr(recipemod, "cross_validate", spy)
+    every_clip = [f"self_train.thresholds.{c}=0.0" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
+    cfg = load_config(None, [f"data.root={data.root}", "recipe.vote_members=[attention]", "train.epochs=2",
+                             "train.folds=2", "train.progress=false", "model.hidden=16", *every_clip,
+                             "self_train.weighting=softmatch"])  # the whole pool: some clips below the mean
+    recipemod.run_recipe(data, cfg, tmp_path / "run")
+    pk = seen[-1][0]
+    assert pk.weights is not None and len(pk.weights) == len(pk.names) > 0
+    assert ((pk.weights > 0) & (pk.weights <= 1)).all() and (pk.weights < 1).any()

@@ -165,6 +165,9 @@ class SelfTrainConfig:
     selection: str = "threshold"
     topk_fraction: float = 0.1
     min_confidence: float = 0.5
+    # none | softmatch: a pseudo-labeled clip's loss weight is 1 at or above the mean confidence μ of
+    # the pool (under its fold's model) and exp(-(c - μ)² / 2σ²) below it (Chen et al., SoftMatch, 2023)
+    weighting: str = "none"
 
 
 @dataclass
@@ -335,6 +338,8 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
     if not 0.0 < t.inner_fraction < 0.5:
         raise ValueError(f"train.inner_fraction must be in (0, 0.5), got {t.inner_fraction}")
     st = cfg.self_train
+    if st.weighting not in ("none", "softmatch"):
+        raise ValueError(f"self_train.weighting must be none or softmatch, got {st.weighting!r}")
     if st.selection not in ("threshold", "topk"):
         raise ValueError(f"self_train.selection must be threshold or topk, got {st.selection!r}")
     if not 0.0 < st.topk_fraction <= 1.0 or not 0.0 <= st.min_confidence <= 1.0:

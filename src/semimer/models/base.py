@@ -155,19 +155,25 @@ class EmotionModel(nn.Module):
         self.check_batch(batch)
         return drop_modalities(self.standardizer(batch), self.modalities, self.modality_dropout)
 
-    def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         out = self._forward_std(self.training_inputs(batch))
-        loss = smoothed_nll(torch.log_softmax(out["logits"], dim=-1), y, self.label_smoothing)
+        loss = smoothed_nll(torch.log_softmax(out["logits"], dim=-1), y, self.label_smoothing, weight)
         return loss, {"cls": float(loss.detach())}
 
 
-def smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+def smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float = 0.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy with label smoothing on log-probabilities ``(B, K)``:
-    ``(1 - eps)·NLL(y) + eps·mean_c(-log p_c)`` (the target is ``(1 - eps)·onehot + eps/K``)."""
-    nll = F.nll_loss(logp, y)
-    if not eps:
-        return nll
-    return (1.0 - eps) * nll + eps * (-logp.mean(dim=-1)).mean()
+    ``(1 - eps)·NLL(y) + eps·mean_c(-log p_c)`` (the target is ``(1 - eps)·onehot + eps/K``),
+    averaged over the batch, or weighted ``Σ w_i·l_i / Σ w_i`` with per-clip ``weight``."""
+    if weight is None:
+        nll = F.nll_loss(logp, y)
+        return nll if not eps else (1.0 - eps) * nll + eps * (-logp.mean(dim=-1)).mean()
+    per = -logp.gather(1, y.unsqueeze(1)).squeeze(1)
+    if eps:
+        per = (1.0 - eps) * per + eps * (-logp.mean(dim=-1))
+    weight = weight.to(per.dtype)
+    return (weight * per).sum() / weight.sum().clamp_min(1e-12)
 
 
 def drop_modalities(x: dict[str, torch.Tensor], modalities: list[str], p: float) -> dict[str, torch.Tensor]:

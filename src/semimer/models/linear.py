@@ -45,8 +45,9 @@ class LinearModel(EmotionModel):
         return {"logits": logits, "probs": torch.softmax(logits, dim=-1)}
 
     @torch.no_grad()
-    def fit_direct(self, train: dict[str, torch.Tensor], y: np.ndarray, seed: int) -> dict:
-        """Fit on ``train`` (standardiser already fitted), ``C`` by inner CV; returns what was chosen."""
+    def fit_direct(self, train: dict[str, torch.Tensor], y: np.ndarray, seed: int, weight: np.ndarray | None = None) -> dict:
+        """Fit on ``train`` (standardiser already fitted), ``C`` by inner CV, optional per-clip
+        ``weight`` (sample weights); returns what was chosen."""
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
 
@@ -62,7 +63,7 @@ class LinearModel(EmotionModel):
             warnings.filterwarnings("ignore", message="The least populated class")
             clf = LogisticRegressionCV(Cs=self.cs, l1_ratios=(0.0,), cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
                                        scoring="neg_log_loss", max_iter=3000, class_weight=self.class_weight,
-                                       use_legacy_attributes=False).fit(X, y)
+                                       use_legacy_attributes=False).fit(X, y, sample_weight=weight)
         coef = np.zeros((self.num_classes, X.shape[1]))
         bias = np.full(self.num_classes, ABSENT_LOGIT)
         present = clf.classes_.astype(np.int64)

@@ -139,14 +139,15 @@ class MRCCL(EmotionModel):
             parts["noise"] = float(terms["noise"].detach())
         return terms, parts
 
-    def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         self.check_batch(batch)
         clean = self.standardizer(batch)
         x = drop_modalities(clean, self.modalities, self.modality_dropout)
         out = self._forward_std(x)
         eps = self.label_smoothing
-        fused = smoothed_nll(out["logits"], y, eps)
-        per_head = torch.stack([F.cross_entropy(out["head_logits"][k], y, label_smoothing=eps)
+        fused = smoothed_nll(out["logits"], y, eps, weight)
+        per_head = torch.stack([smoothed_nll(torch.log_softmax(out["head_logits"][k], dim=-1), y, eps, weight)
                                 for k in self.head_names]).mean()
         loss = fused + per_head
         parts = {"cls": float(loss.detach())}

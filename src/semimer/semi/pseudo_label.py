@@ -255,6 +255,15 @@ def select_pseudo_labels(probs: np.ndarray, names: Sequence[str], thresholds, cl
                      per_class_counts=np.bincount(labels, minlength=K).astype(np.int64), thresholds=t)
 
 
+def softmatch_weights(confidence: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    """SoftMatch's truncated Gaussian weight (Chen et al., ICLR 2023), offline form: 1 for a
+    confidence ≥ ``mu``, else ``exp(-(c - mu)² / (2 sigma²))``; ``mu``/``sigma`` are the mean and std
+    of the confidences of the whole pool under the model that made the pseudo-labels."""
+    c = np.asarray(confidence, dtype=np.float64)
+    sigma = max(float(sigma), 1e-6)
+    return np.where(c >= mu, 1.0, np.exp(-((c - mu) ** 2) / (2 * sigma ** 2)))
+
+
 def select_topk(probs: np.ndarray, names: Sequence[str], prior, n_total: int, classes: Sequence[str],
                 min_confidence: float = 0.0, exclude: Iterable[str] = ()) -> Selection:
     """Class-balanced selection: class ``c`` gets ``round(n_total · prior[c])`` clips, the most

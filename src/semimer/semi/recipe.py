@@ -42,7 +42,7 @@ from semimer.io import write_csv, write_json, write_text
 from semimer.semi.calibration import apply_temperature, fit_temperature
 from semimer.semi.prior_shift import em_prior
 from semimer.semi.pseudo_label import (SELECTION_COLUMNS, adaptive_thresholds, read_selection_csv,
-                                       select_pseudo_labels, select_topk, write_selection_csv)
+                                       select_pseudo_labels, select_topk, softmatch_weights, write_selection_csv)
 from semimer.semi.voting import choose_ensemble, fit_vote_weights, nested_choice, nested_vote, soft_vote
 from semimer.train import run_state
 from semimer.train.cv import CVResult, PseudoLabels, cross_validate, data_folds, run_fingerprint, write_features_json
@@ -101,7 +101,7 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
         device = pick_device(cfg.train.device)
         probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
                               progress=cfg.train.progress, average=False)
-        temps, taus, priors = [], [], []
+        temps, taus, priors, stats = [], [], [], []
         for k, (sel_idx, sel_probs) in enumerate(res.selection):
             p = probs[k]
             t = 1.0
@@ -124,12 +124,15 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
                        else np.asarray(class_thresholds(cfg)))
                 sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=earlier[k])
             tau = sel.thresholds
+            conf_all = p.max(1)
+            stats.append([round(float(conf_all.mean()), 6), round(float(conf_all.std()), 6)])
             write_selection_csv(csv, sel, classes, r, fold=k)
             temps.append(round(float(t), 4))
             taus.append([round(float(x), 4) for x in tau])
         if not csv.is_file():  # no fold at all
             write_csv(csv, list(SELECTION_COLUMNS), [])
-        run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus, pool_priors=priors or None)
+        run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus, pool_priors=priors or None,
+                            pool_confidence=stats)
         info = run_state.done(folder, fp)
     else:
         log.info("round %d: reusing pseudo-labels from %s", r, csv)
@@ -137,7 +140,11 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
     per_fold = []
     for k in range(cfg.train.folds):
         f = rec.for_fold(k)
-        per_fold.append((list(f.names), f.labels(classes), f.confidence))
+        w = None
+        if st.weighting == "softmatch":
+            mu, sigma = info["pool_confidence"][k]
+            w = softmatch_weights(f.confidence, mu, sigma)
+        per_fold.append((list(f.names), f.labels(classes), f.confidence, w))
     return per_fold, info
 
 
@@ -145,7 +152,7 @@ def _pseudo_accuracy(per_fold: list, test: dict | None) -> float | None:
     """Share of (clip, fold) pseudo-labels that agree with a hidden label (reporting only)."""
     if not test:
         return None
-    hits = [int(test[n] == y) for names, labels, _ in per_fold for n, y in zip(names, labels) if n in test]
+    hits = [int(test[n] == y) for names, labels, _, _ in per_fold for n, y in zip(names, labels) if n in test]
     return round(float(np.mean(hits)), 4) if hits else None
 
 
@@ -234,7 +241,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         t = time.time()
         earlier = [set(p.names) for p in pseudo]
         per_fold, info = select_round(data, cfg, res, pool, earlier, r, out / f"pseudo_round_{r}")
-        counts = [np.bincount(lab, minlength=K).tolist() for _, lab, _ in per_fold]
+        counts = [np.bincount(lab, minlength=K).tolist() for _, lab, _, _ in per_fold]
         total = np.sum(counts, axis=0).tolist()
         ppr[str(r)] = {"per_fold": counts, "total": dict(zip(classes, total)), "accuracy": _pseudo_accuracy(per_fold, test),
                        "temperatures": info.get("temperatures"), "pool_priors": info.get("pool_priors")}
@@ -245,8 +252,12 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
             log.warning("round %d skipped: %s (consider self_train.adaptive=true or lower thresholds)", r, reason)
             summary["stages"][f"round_{r}"] = {"skipped": True, "reason": reason, "selected": counts}
             break
-        for k, (names, labels, conf) in enumerate(per_fold):
-            pseudo[k] = PseudoLabels(pseudo[k].names + names, np.concatenate([pseudo[k].labels, labels]))
+        for k, (names, labels, conf, w) in enumerate(per_fold):
+            weights = None
+            if w is not None:
+                old = pseudo[k].weights if pseudo[k].weights is not None else np.ones(len(pseudo[k].names))
+                weights = np.concatenate([old, w])
+            pseudo[k] = PseudoLabels(pseudo[k].names + names, np.concatenate([pseudo[k].labels, labels]), weights)
             all_rows += [(n, classes[int(y)], f"{c:.6f}", r, k) for n, y, c in zip(names, labels, conf)]
         res = cross_validate(data, main_cfg, out / f"round_{r}", pseudo=pseudo, init_state=init)
         final_round = r

@@ -66,6 +66,7 @@ class PseudoLabels:
 
     names: list[str]
     labels: np.ndarray
+    weights: np.ndarray | None = None  # per-clip loss weights (confidence weighting); None = 1
 
 
 @dataclass
@@ -164,7 +165,8 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         fdir = out / f"fold_{k}"
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         pk = pseudo[k]
-        fp = run_state.fingerprint(stage_fp, k, None if pk is None else [list(pk.names), np.asarray(pk.labels).tolist()])
+        fp = run_state.fingerprint(stage_fp, k, None if pk is None else [list(pk.names), np.asarray(pk.labels).tolist()],
+                                   None if pk is None or pk.weights is None else np.asarray(pk.weights, np.float64))
         fold_fps.append(fp)
         if tc.select == "inner":
             fit_idx, sel_idx = inner_split(tr, y_all, tc.inner_fraction, fold_seed(tc.seed, k), data.groups)
@@ -180,9 +182,12 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
             seed_everything(fold_seed(tc.seed, k))
             model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
             train_x, train_y = take(feats, torch.as_tensor(fit_idx, device=device)), y_all[fit_idx]
+            train_w = None
             if pk is not None and len(pk.names):
                 train_x = concat(train_x, load_features(data, pk.names, device, tc.frame_cache))
                 train_y = np.concatenate([train_y, np.asarray(pk.labels, np.int64)])
+                if pk.weights is not None:
+                    train_w = np.concatenate([np.ones(len(fit_idx)), np.asarray(pk.weights, np.float64)])
             if init_state is not None:
                 missing, _ = model.load_state_dict(init_state, strict=False)
                 log.debug("fold %d: init from pre-trained weights (missing %s)", k, missing)
@@ -190,17 +195,19 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
                 model.standardizer.fit(train_x)  # statistics from this fold's training part only
             t1 = time.time()
             if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
-                chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k))
+                chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w)
                 fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])
             else:
                 if tc.oversample:
                     idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
                     train_x, train_y = take(train_x, torch.as_tensor(idx, device=device)), train_y[idx]
+                    train_w = None if train_w is None else train_w[idx]
                 sel = take(feats, torch.as_tensor(sel_idx, device=device)) if len(sel_idx) else None
                 fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel,
                          y_all[sel_idx] if len(sel_idx) else None, tc, seed=fold_seed(tc.seed, k),
                          desc=f"fold {k + 1}/{tc.folds}", monitor=take(feats, torch.as_tensor(va, device=device)),
-                         y_monitor=y_all[va])
+                         y_monitor=y_all[va],
+                         w_train=None if train_w is None else torch.as_tensor(train_w, dtype=torch.float32, device=device))
             train_seconds += time.time() - t1
             clips_seen += len(train_y) * len(fr.history)
             save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,

@@ -85,7 +85,8 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
 
 def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator, opt, loss_fn: Callable,
               y: torch.Tensor | None = None, desc: str = "fit",
-              after_step: Callable[[], None] | None = None) -> tuple[dict[str, float], int]:
+              after_step: Callable[[], None] | None = None,
+              weight: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
     """One pass over ``feats`` in seeded batches: ``loss_fn(batch)`` or ``loss_fn(batch, y[idx])``,
     AdamW step. Shared by fine-tuning (:func:`fit`) and pre-training (:mod:`.pretrain`). Returns
     the summed loss terms (``loss`` + the model's parts) and the number of steps."""
@@ -98,7 +99,10 @@ def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator,
         if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
             continue
         batch = collate(take(feats, idx))
-        loss, parts = loss_fn(batch) if y is None else loss_fn(batch, y[idx])
+        if y is None:
+            loss, parts = loss_fn(batch)
+        else:
+            loss, parts = loss_fn(batch, y[idx]) if weight is None else loss_fn(batch, y[idx], weight[idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: non-finite loss; lower the learning rate or check the features")
         opt.zero_grad(set_to_none=True)
@@ -123,14 +127,15 @@ def _waf(model, feats, y, batch_size) -> tuple[float, float]:
 def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor] | None,
         y_val: np.ndarray | None, cfg: TrainConfig, seed: int, desc: str = "fit",
         on_epoch: Callable[[dict], None] | None = None, monitor: dict | None = None,
-        y_monitor: np.ndarray | None = None) -> FitResult:
+        y_monitor: np.ndarray | None = None, w_train: torch.Tensor | None = None) -> FitResult:
     """AdamW on ``model.loss``; after each epoch score WAF on the *selection* set ``val`` and keep
     the best epoch (early stopping after ``cfg.patience`` epochs without gain). Without ``val``
     every epoch of ``cfg.epochs`` runs and the last one is kept.
 
     ``val`` must never be the clips the model is scored on (cross-validation passes an inner split
     of the training folds). ``monitor`` (e.g. the scored fold) is only recorded as
-    ``monitor_waf`` for learning curves: nothing is chosen on it.
+    ``monitor_waf`` for learning curves: nothing is chosen on it. ``w_train``: per-clip loss weights
+    (e.g. confidence weights of pseudo-labeled clips); ``None`` = all 1.
     Tensors are already on the model's device; shuffling uses a seeded generator, so a CPU run is
     deterministic for a given ``seed``.
     """
@@ -160,7 +165,8 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
         for epoch in epochs:
             model.train()
             sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, model.loss, y=y_train, desc=desc,
-                                    after_step=None if ema is None else (lambda: ema.update_parameters(model)))
+                                    after_step=None if ema is None else (lambda: ema.update_parameters(model)),
+                                    weight=w_train)
             rec = {"epoch": epoch, "train_loss": sums.pop("loss", 0.0) / max(steps, 1),
                    **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
             if has_val:
