@@ -165,6 +165,13 @@ def test_ablate_command_prints_the_table(tiny, tmp_path, capsys):
     assert rows["MR-CCL + pre-training (round 0)"]["cv_waf"]["mean"] == full["stages"]["round_0"]["cv_waf"]["mean"]
     last = f"round_{full['final_round']}"
     assert rows["w/o voting"]["test_waf"]["mean"] == full["stages"][last]["test"]["waf"]
+    # --collect tabulates the finished runs without running anything
+    (tmp_path / "abl" / "ablation.json").unlink()
+    assert main(["ablate", "--data", str(ds), "--out", str(tmp_path / "abl"), "--seeds", "0", "--set", "demo",
+                 "--collect", *FAST, *LOW_TAU]) == 0
+    assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["table"] == res["table"]
+    assert main(["ablate", "--data", str(ds), "--out", str(tmp_path / "abl"), "--seeds", "0,1", "--set", "demo",
+                 "--collect", *FAST, *LOW_TAU]) == 1  # seed 1 never ran: a clear error
 
 
 def test_per_fold_pseudo_labels_do_not_depend_on_the_folds_own_labels(tiny, tmp_path, monkeypatch):

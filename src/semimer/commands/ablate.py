@@ -13,6 +13,8 @@ def add_arguments(p):
     p.add_argument("--test-labels", help="hidden labels CSV (reported only)")
     add_config_arguments(p, preset="recipe")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: tabulate the finished runs in --out (after one process per seed)")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
 
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     # the settings shared by every variant fail here, before any variant runs
     check_model_names(load_config(args.config, args.overrides, preset=args.preset), list_models())
     res = run_ablation(args.data, args.out, seeds, args.variant_set, args.overrides, args.test_labels, args.config,
-                       preset=args.preset, overwrite=args.overwrite)
+                       preset=args.preset, overwrite=args.overwrite, collect=args.collect)
     print()
     print(format_table(res["table"], len(seeds)))
     print(f"\n-> {args.out}/ablation.md, ablation.json")

@@ -21,7 +21,7 @@ import numpy as np
 
 from semimer.config import load_config
 from semimer.data.layout import load_dataset
-from semimer.io import write_json, write_text
+from semimer.io import read_json, write_json, write_text
 from semimer.utils import log
 
 
@@ -91,9 +91,12 @@ def _row_final(summary: dict) -> dict:
 
 def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], variant_set: str = "recipe",
                  overrides: Sequence[str] = (), test_labels: str | Path | None = None,
-                 config_file: str | None = None, preset: str = "recipe", overwrite: bool = False) -> dict:
+                 config_file: str | None = None, preset: str = "recipe", overwrite: bool = False,
+                 collect: bool = False) -> dict:
     """Every variant's config: ``preset`` (the packaged recipe settings) <- ``config_file`` <-
-    ``overrides`` <- the variant's own overrides and the seed. ``overwrite`` goes to each run_recipe."""
+    ``overrides`` <- the variant's own overrides and the seed. ``overwrite`` goes to each run_recipe.
+    ``collect``: run nothing, tabulate the finished runs' ``metrics.json`` (e.g. after one process
+    per seed: ``--seeds 0`` / ``--seeds 1`` / ... in parallel, then ``--seeds 0,1,2 --collect``)."""
     from semimer.semi.recipe import run_recipe
 
     if variant_set not in VARIANT_SETS:
@@ -110,7 +113,7 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
                 continue
             ov = [f"data.root={data_root}", *overrides, *v.overrides, f"train.seed={seed}"]
             cfg = load_config(config_file, ov, preset=preset)
-            if data is None:
+            if data is None and not collect:
                 data = load_dataset(cfg.data.root, cfg.data.features(), cfg.data.classes, cfg.data.label_file,
                                     cfg.data.candidate_file, cfg.data.prefer, group_column=cfg.data.group_column)
             key = tuple(ov)
@@ -118,9 +121,16 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
                 summaries[v.name] = summaries[seen[key]]
                 continue
             seen[key] = v.name
-            log.info("ablation seed %d: %s", seed, v.name)
-            summaries[v.name] = run_recipe(data, cfg, out / f"seed_{seed}" / _slug(v.name), test_labels,
-                                           pretrain_dir=out / f"seed_{seed}" / "_pretrain", overwrite=overwrite)
+            run_dir = out / f"seed_{seed}" / _slug(v.name)
+            if collect:
+                if not (run_dir / "metrics.json").is_file():
+                    raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing: run this variant first "
+                                            f"(the same command without --collect)")
+                summaries[v.name] = read_json(run_dir / "metrics.json")
+            else:
+                log.info("ablation seed %d: %s", seed, v.name)
+                summaries[v.name] = run_recipe(data, cfg, run_dir, test_labels,
+                                               pretrain_dir=out / f"seed_{seed}" / "_pretrain", overwrite=overwrite)
             rows[v.name].append({"seed": seed, **_row_final(summaries[v.name])})
         for v in variants:
             if v.read_from:
@@ -130,7 +140,7 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
                 rows[v.name].append({"seed": seed, **_row_from_stage(summaries[src], stage)})
     table = summarise_rows(rows)
     result = {"variant_set": variant_set, "seeds": list(seeds), "overrides": list(overrides), "rows": rows, "table": table}
-    write_json(out / "ablation.json", result)
+    write_json(out / "ablation.json", result)  # parallel one-seed processes overwrite it: --collect rewrites it
     write_text(out / "ablation.md", format_table(table, len(seeds)) + "\n")
     return result
 
