@@ -301,3 +301,48 @@ def test_recipe_topk_selection_follows_the_estimated_pool_prior(tiny_data, tmp_p
         assert 0 < sum(counts) <= round(0.2 * pool) + len(counts) and (np.array(counts) <= quota + 1e-9).all()
     r2 = s["pseudo_labels_per_round"]["2"]
     assert sum(map(sum, r2["per_fold"])) > 0 and r2["accuracy"] is not None
+
+
+def test_head_agreement_counts_and_agreement_selection(tiny_data, tmp_path):
+    import torch
+
+    from semimer.config import load_config
+    from semimer.data.layout import load_dataset
+    from semimer.data.synth import FEATURE_NAMES
+    from semimer.models import build_model
+    from semimer.semi.recipe import run_recipe
+    from semimer.train.fit import predict_tensors
+
+    cfg = load_config(None, ["model.hidden=8"])
+    torch.manual_seed(0)
+    model = build_model("mrccl", {"audio": 4, "text": 3}, 5, cfg.model).eval()
+    feats = {"audio": torch.randn(30, 4), "text": torch.randn(30, 3)}
+    probs, agree = predict_tensors(model, feats, batch_size=7, agreement=True)
+    with torch.no_grad():
+        out = model(feats)
+    top = out["probs"].argmax(-1)
+    want = sum((h.argmax(-1) == top).long() for h in out["head_logits"].values()).numpy()
+    np.testing.assert_array_equal(agree, want)
+    np.testing.assert_allclose(probs, out["probs"].numpy(), atol=1e-6)
+    assert predict_tensors(build_model("attention", {"audio": 4, "text": 3}, 5, cfg.model), feats, agreement=True)[1] is None
+
+    ds, _ = tiny_data
+    data = load_dataset(ds, FEATURE_NAMES)
+    every_clip = [f"self_train.thresholds.{c}=0.0" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
+    base = [f"data.root={ds}", "recipe.vote_members=[mrccl]", "pretrain.enabled=false", "train.epochs=2", "train.folds=2",
+            "train.progress=false", "model.hidden=16", *every_clip]
+    s_all = run_recipe(data, load_config(None, base), tmp_path / "all")
+    s_agree = run_recipe(data, load_config(None, [*base, "self_train.min_heads_agree=4"]), tmp_path / "agree")
+    n_all = sum(map(sum, s_all["pseudo_labels_per_round"]["1"]["per_fold"]))
+    n_agree = sum(map(sum, s_agree["pseudo_labels_per_round"]["1"]["per_fold"]))
+    assert 0 < n_agree < n_all
+    # every clip kept for fold 0 has all four heads agreeing under fold 0's round-0 model
+    from semimer.models.checkpoint import load_model
+
+    m0, _ = load_model(tmp_path / "agree" / "round_0" / "fold_0")
+    import csv
+    with open(tmp_path / "agree" / "pseudo_labels.csv") as fh:
+        names = [r["name"] for r in csv.DictReader(fh) if r["fold"] == "0"]
+    x = {m: torch.from_numpy(v) for m, v in data.features(names).items()}
+    _, a = predict_tensors(m0, x, agreement=True)
+    assert (a == 4).all()

@@ -168,6 +168,9 @@ class SelfTrainConfig:
     # none | softmatch: a pseudo-labeled clip's loss weight is 1 at or above the mean confidence μ of
     # the pool (under its fold's model) and exp(-(c - μ)² / 2σ²) below it (Chen et al., SoftMatch, 2023)
     weighting: str = "none"
+    # agreement: a clip is eligible only if at least this many of the model's heads (MR-CCL: audio,
+    # text, video, fusion) predict its voted class (0 = off; models without heads: off)
+    min_heads_agree: int = 0
 
 
 @dataclass
@@ -338,6 +341,8 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
     if not 0.0 < t.inner_fraction < 0.5:
         raise ValueError(f"train.inner_fraction must be in (0, 0.5), got {t.inner_fraction}")
     st = cfg.self_train
+    if st.min_heads_agree < 0:
+        raise ValueError(f"self_train.min_heads_agree must be >= 0, got {st.min_heads_agree}")
     if st.weighting not in ("none", "softmatch"):
         raise ValueError(f"self_train.weighting must be none or softmatch, got {st.weighting!r}")
     if st.selection not in ("threshold", "topk"):

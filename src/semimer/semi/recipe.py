@@ -99,11 +99,16 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
         folder.mkdir(parents=True, exist_ok=True)
         csv.unlink(missing_ok=True)
         device = pick_device(cfg.train.device)
-        probs = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
-                              progress=cfg.train.progress, average=False)
+        probs, agree = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
+                                     progress=cfg.train.progress, average=False, agreement=True)
+        if st.min_heads_agree and agree is None:
+            log.warning("self_train.min_heads_agree: %s has no heads to agree; ignored", cfg.model.name)
         temps, taus, priors, stats = [], [], [], []
         for k, (sel_idx, sel_probs) in enumerate(res.selection):
             p = probs[k]
+            excluded = set(earlier[k])
+            if st.min_heads_agree and agree is not None:  # heads that disagree with the output: not eligible
+                excluded |= {n for n, a in zip(pool, agree[k]) if a < st.min_heads_agree}
             t = 1.0
             if st.calibrate and len(sel_idx):
                 t = fit_temperature(sel_probs, data.labels[sel_idx])
@@ -117,12 +122,12 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
                 ref = apply_temperature(sel_probs, t) if len(sel_idx) else p
                 prior, p, _ = em_prior(p, np.clip(ref.mean(0), 1e-6, None))
                 n_total = int(round(st.topk_fraction * sum(n not in earlier[k] for n in pool)))
-                sel = select_topk(p, pool, prior, n_total, classes, st.min_confidence, exclude=earlier[k])
+                sel = select_topk(p, pool, prior, n_total, classes, st.min_confidence, exclude=excluded)
                 priors.append([round(float(x), 4) for x in prior])
             else:
                 tau = (adaptive_thresholds(p, st.adaptive_base, len(classes)) if st.adaptive
                        else np.asarray(class_thresholds(cfg)))
-                sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=earlier[k])
+                sel = select_pseudo_labels(p, pool, tau, classes, st.max_per_class, exclude=excluded)
             tau = sel.thresholds
             conf_all = p.max(1)
             stats.append([round(float(conf_all.mean()), 6), round(float(conf_all.std()), 6)])

@@ -49,27 +49,44 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int = MAX_EVAL_FRAMES) -> np.ndarray:
+def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int = MAX_EVAL_FRAMES,
+                    agreement: bool = False):
     """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad). Frame-level
-    inputs are batched by length with at most ``max_frames`` padded frames per batch."""
+    inputs are batched by length with at most ``max_frames`` padded frames per batch.
+    ``agreement=True`` also returns, per clip, how many of the model's heads (``head_logits``:
+    MR-CCL's unimodal and fusion heads) predict the same class as its output (``None`` for a model
+    without heads)."""
     model.eval()
     n = n_items(feats)
     out = np.zeros((n, model.num_classes), np.float32)
+    agree = np.zeros(n, np.int64)
+    has_heads = True
     lengths = clip_lengths(feats)
     for idx in inference_batches(lengths, n, batch_size, max_frames):
         sel = slice(int(idx[0]), int(idx[-1]) + 1) if lengths is None else torch.as_tensor(idx)
-        out[idx] = model(collate(take(feats, sel)))["probs"].float().cpu().numpy()
+        res = model(collate(take(feats, sel)))
+        out[idx] = res["probs"].float().cpu().numpy()
+        if agreement and "head_logits" in res:
+            top = res["probs"].argmax(-1)
+            agree[idx] = sum((h.argmax(-1) == top).long() for h in res["head_logits"].values()).cpu().numpy()
+        else:
+            has_heads = False
+    if agreement:
+        return out, (agree if has_heads else None)
     return out
 
 
 @torch.no_grad()
 def predict_names(models: Sequence, data, names: Sequence[str], device: torch.device,
-                  batch_size: int = 1024, progress: bool = False, average: bool = True) -> np.ndarray:
+                  batch_size: int = 1024, progress: bool = False, average: bool = True, agreement: bool = False):
     """Class probabilities of ``models`` (e.g. the fold ensemble) over clips ``names``, read from
     the data's feature stores batch by batch (never the whole pool in RAM): their mean ``(N, K)``,
-    or with ``average=False`` one row block per model ``(M, N, K)``."""
+    or with ``average=False`` one row block per model ``(M, N, K)``; ``agreement=True`` (with
+    ``average=False``) also returns the per-model head agreement counts ``(M, N)`` (``None`` when
+    the models have no heads; see :func:`predict_tensors`)."""
     K = models[0].num_classes
     out = np.zeros((len(models), len(names), K), dtype=np.float32)
+    agree = np.zeros((len(models), len(names)), dtype=np.int64) if agreement else None
     starts = range(0, len(names), batch_size)
     if progress:
         from tqdm import tqdm
@@ -79,7 +96,15 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
         chunk = list(names[s:s + batch_size])
         feats = to_tensors(data.features(chunk), device, data.dims())
         for i, m in enumerate(models):
-            out[i, s:s + len(chunk)] = predict_tensors(m, feats, batch_size)
+            if agreement:
+                out[i, s:s + len(chunk)], a = predict_tensors(m, feats, batch_size, agreement=True)
+                agree = None if a is None or agree is None else agree
+                if agree is not None:
+                    agree[i, s:s + len(chunk)] = a
+            else:
+                out[i, s:s + len(chunk)] = predict_tensors(m, feats, batch_size)
+    if agreement:
+        return out, agree
     return out.mean(axis=0, dtype=np.float64).astype(np.float32) if average else out
 
 
