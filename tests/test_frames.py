@@ -333,7 +333,7 @@ def test_recipe_runs_on_frame_features_with_pruning(frame_data, tmp_path):
     ds, test_labels = frame_data
     low = [f"self_train.thresholds.{c}=0.2" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
     cfg = load_config(None, [f"data.root={ds}", "model.name=mrccl", "pretrain.enabled=true", "train.oversample=true",
-                             "model.keep_rate=0.7", *FAST, *FEATS, *low])
+                             "model.keep_rate=0.7", "self_train.rounds=1", *FAST, *FEATS, *low])
     data = load_dataset(ds, cfg.data.features())
     summary = run_recipe(data, cfg, tmp_path / "run", test_labels)
     run = tmp_path / "run"

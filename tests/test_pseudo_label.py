@@ -330,7 +330,7 @@ def test_head_agreement_counts_and_agreement_selection(tiny_data, tmp_path):
     data = load_dataset(ds, FEATURE_NAMES)
     every_clip = [f"self_train.thresholds.{c}=0.0" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
     base = [f"data.root={ds}", "recipe.vote_members=[mrccl]", "pretrain.enabled=false", "train.epochs=2", "train.folds=2",
-            "train.progress=false", "model.hidden=16", *every_clip]
+            "train.progress=false", "model.hidden=16", "self_train.rounds=1", *every_clip]
     s_all = run_recipe(data, load_config(None, base), tmp_path / "all")
     s_agree = run_recipe(data, load_config(None, [*base, "self_train.min_heads_agree=4"]), tmp_path / "agree")
     n_all = sum(map(sum, s_all["pseudo_labels_per_round"]["1"]["per_fold"]))

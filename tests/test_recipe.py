@@ -17,7 +17,7 @@ from semimer.data.synth import generate
 
 FAST = ["train.epochs=3", "train.folds=2", "train.progress=false", "pretrain.epochs=1", "model.hidden=32",
         "model.head_hidden=16", "train.batch_size=32", "pretrain.batch_size=128",
-        "self_train.max_per_class=8"]
+        "self_train.max_per_class=8", "self_train.rounds=1"]
 # low thresholds so that the tiny, briefly trained model does select pseudo-labels
 LOW_TAU = [f"self_train.thresholds.{c}=0.2" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
 

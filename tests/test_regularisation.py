@@ -154,7 +154,7 @@ def test_recipe_softmatch_weights_enter_the_pseudo_labels(tiny_data, tmp_path, m
     every_clip = [f"self_train.thresholds.{c}=0.0" for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
     cfg = load_config(None, [f"data.root={data.root}", "recipe.vote_members=[attention]", "train.epochs=2",
                              "train.folds=2", "train.progress=false", "model.hidden=16", *every_clip,
-                             "self_train.weighting=softmatch"])  # the whole pool: some clips below the mean
+                             "self_train.weighting=softmatch", "self_train.rounds=1"])  # the whole pool: some below the mean
     recipemod.run_recipe(data, cfg, tmp_path / "run")
     pk = seen[-1][0]
     assert pk.weights is not None and len(pk.weights) == len(pk.names) > 0
