@@ -9,7 +9,6 @@ import pytest
 from sklearn.metrics import f1_score
 
 from semimer import MER2024_CLASSES
-from semimer.eval.predictions import write_predictions
 from semimer.semi.voting import (_simplex_grid, _waf_fast, choose_ensemble, fit_vote_weights, nested_choice, nested_vote,
                                  soft_vote)
 

@@ -237,7 +237,7 @@ def write_report(out: Path, summary: dict, data, oof: np.ndarray, classes: Seque
     if ps:
         lines += ["", "Class prior of the candidates, estimated by EM from the models' posteriors (no label): "
                   + ", ".join(f"{c} {100 * v:.1f} %" for c, v in ps["candidate_prior"].items())
-                  + f"; the models behave as if trained under " + ", ".join(f"{c} {100 * v:.1f} %" for c, v in ps["train_prior"].items())
+                  + "; the models behave as if trained under " + ", ".join(f"{c} {100 * v:.1f} %" for c, v in ps["train_prior"].items())
                   + (". Submitted posteriors are re-weighted to it." if ps.get("applied") else
                      ". Not applied (recipe.prior_shift=false).")
                   + (f" Test WAF without / with the re-weighting: {_pct(ps['test_without'])} / {_pct(ps['test_with'])}."

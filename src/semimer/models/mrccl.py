@@ -30,7 +30,6 @@ frame of a clip with the clip's one timestep; padded frames stay zero.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from semimer.models.losses import ModalityContrastiveLoss, NoiseContrastiveLoss

@@ -38,7 +38,7 @@ device and dtype, so one scheduler serves any device/dtype (results cached per d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
