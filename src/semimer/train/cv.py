@@ -172,6 +172,7 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
             fit_idx, sel_idx = inner_split(tr, y_all, tc.inner_fraction, fold_seed(tc.seed, k), data.groups)
         else:
             fit_idx, sel_idx = tr, np.zeros(0, np.int64)
+        seed_everything(fold_seed(tc.seed, k))  # before building: the fold's initial weights are seeded
         model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
         if run_state.done(fdir, fp):
             model.load_state_dict(load_state(fdir / "model.safetensors", device))
@@ -179,8 +180,6 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
             fr = FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
             log.info("fold %d: reusing finished fold from %s", k, fdir)
         else:
-            seed_everything(fold_seed(tc.seed, k))
-            model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
             train_x, train_y = take(feats, torch.as_tensor(fit_idx, device=device)), y_all[fit_idx]
             train_w = None
             if pk is not None and len(pk.names):

@@ -86,7 +86,8 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
     the models have no heads; see :func:`predict_tensors`)."""
     K = models[0].num_classes
     out = np.zeros((len(models), len(names), K), dtype=np.float32)
-    agree = np.zeros((len(models), len(names)), dtype=np.int64) if agreement else None
+    agree = np.zeros((len(models), len(names)), dtype=np.int64)
+    has_heads = True
     starts = range(0, len(names), batch_size)
     if progress:
         from tqdm import tqdm
@@ -96,15 +97,16 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
         chunk = list(names[s:s + batch_size])
         feats = to_tensors(data.features(chunk), device, data.dims())
         for i, m in enumerate(models):
-            if agreement:
-                out[i, s:s + len(chunk)], a = predict_tensors(m, feats, batch_size, agreement=True)
-                agree = None if a is None or agree is None else agree
-                if agree is not None:
-                    agree[i, s:s + len(chunk)] = a
-            else:
+            if not agreement:
                 out[i, s:s + len(chunk)] = predict_tensors(m, feats, batch_size)
+                continue
+            out[i, s:s + len(chunk)], a = predict_tensors(m, feats, batch_size, agreement=True)
+            if a is None:
+                has_heads = False
+            else:
+                agree[i, s:s + len(chunk)] = a
     if agreement:
-        return out, agree
+        return out, (agree if has_heads else None)
     return out.mean(axis=0, dtype=np.float64).astype(np.float32) if average else out
 
 
