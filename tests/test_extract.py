@@ -25,12 +25,12 @@ FER = "fer-xception-UTT" if HAS_FER else "face-hog-UTT"  # the default visual fe
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """c0.mp4, c1.avi, c3.flv: face + tone; c2.mkv: no audio; c4.mp4: grey picture (no face);
-    bad.mp4: random bytes."""
+    bad.mp4: random bytes. 160 px: the Haar cascade finds the face after every codec."""
     d = tmp_path_factory.mktemp("videos")
-    make_clip(d / "c0.mp4", tone=440)
-    make_clip(d / "c1.avi", tone=660)
-    make_clip(d / "c2.mkv", audio=False)
-    make_clip(d / "c3.flv", tone=220)
+    make_clip(d / "c0.mp4", tone=440, size=160)
+    make_clip(d / "c1.avi", tone=660, size=160)
+    make_clip(d / "c2.mkv", audio=False, size=160)
+    make_clip(d / "c3.flv", tone=220, size=160)
     make_clip(d / "c4.mp4", image=np.full((96, 128, 3), 120, np.uint8))
     make_corrupt(d / "bad.mp4")
     return d
@@ -52,7 +52,7 @@ def test_default_run_layout_and_shapes(default_run):
     assert rc == 0
     feats = out / "features"
     assert sorted(p.stem for p in (feats / LOGMEL).glob("*.npy")) == ["c0", "c1", "c3", "c4"]
-    assert sorted(p.stem for p in (feats / FER).glob("*.npy")) == ["c0", "c1", "c2", "c3", "c4"]
+    assert sorted(p.stem for p in (feats / FER).glob("*.npy")) == ["c0", "c1", "c2", "c3"]  # c4: no face
     a = np.load(feats / LOGMEL / "c0.npy")
     v = np.load(feats / FER / "c0.npy")
     assert a.shape == (256,) and a.dtype == np.float32 and np.isfinite(a).all()
@@ -66,7 +66,7 @@ def test_default_run_layout_and_shapes(default_run):
     assert meta["extractor"] == "logmel" and meta["dim"] == 256 and meta["level"] == "utt"
     assert meta["sample_rate"] == 16000 and "numpy" in meta["versions"]
     manifest = read_json(out / "packed" / FER / "manifest.json")
-    assert manifest["count"] == 5 and manifest["extractor"]["extractor"] == FER[:-4]
+    assert manifest["count"] == 4 and manifest["extractor"]["extractor"] == FER[:-4]
 
 
 def test_failures_csv(default_run):
@@ -76,7 +76,9 @@ def test_failures_csv(default_run):
     for feat in (LOGMEL, FER):
         assert f[("bad", feat)]["status"] == "failed" and "corrupt" in f[("bad", feat)]["reason"]
         assert f[("bad", feat)]["path"].endswith("bad.mp4")
-    assert f[("c4", FER)]["status"] == "note" and "centre crop" in f[("c4", FER)]["reason"]
+    assert f[("c4", FER)]["status"] == "failed"
+    assert f[("c4", FER)]["reason"] == "no face detected in any of 2 sampled frames"
+    assert f[("c2", LOGMEL)]["modality"] == "audio" and f[("c4", FER)]["modality"] == "video"
     assert ("c0", LOGMEL) not in f and ("c2", FER) not in f
 
 

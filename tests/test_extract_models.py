@@ -30,7 +30,7 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
-    return make_clip(tmp_path_factory.mktemp("v") / "s0.mp4", seconds=1.5)
+    return make_clip(tmp_path_factory.mktemp("v") / "s0.mp4", seconds=1.5, size=160)  # a face Haar finds
 
 
 def test_hf_speech_sum_last4_layers(ckpts, clip_file):

@@ -45,8 +45,11 @@ def test_ragged_subset_pad_and_cat_match_hand_built_arrays():
     np.testing.assert_array_equal(both.clip(2).numpy(), arrs[3])
     merged = concat({"a": r[[0]], "t": torch.ones(1, 2)}, {"a": r[[1]], "t": torch.zeros(1, 2)})
     assert merged["a"].lengths.tolist() == [3, 1] and merged["t"].shape == (2, 2)
-    with pytest.raises(ValueError, match="zero frames"):
-        Ragged.from_arrays([np.zeros((0, 5), np.float32)])
+    # a clip with zero frames is a missing modality: kept, padded to an all-False mask row
+    gap = Ragged.from_arrays([np.ones((2, 5), np.float32), np.zeros((0, 5), np.float32)])
+    x, mask = gap.pad()
+    assert gap.lengths.tolist() == [2, 0] and mask.tolist() == [[True, True], [False, False]]
+    assert Ragged.from_arrays([np.zeros((0, 5), np.float32)]).pad()[1].shape == (1, 1)
 
 
 def test_length_buckets_cover_every_clip_once_and_group_similar_lengths():
@@ -187,9 +190,18 @@ def test_frame_encoder_errors():
         FrameEncoder(4, 8, 0.0, kind="pool", keep_rate=0.5)
     with pytest.raises(ValueError, match="frame_encoder"):
         FrameEncoder(4, 8, 0.0, kind="lstm")
-    enc = FrameEncoder(4, 8, 0.0)
-    with pytest.raises(ValueError, match="at least one valid frame"):
-        enc(torch.zeros(2, 3, 4), torch.tensor([[True, False, False], [False, False, False]]))
+
+
+def test_a_clip_without_frames_encodes_to_zero_and_leaves_the_others_unchanged():
+    torch.manual_seed(0)
+    enc = FrameEncoder(4, 8, 0.0, keep_rate=0.5, prune_from_layer=0).eval()
+    x = torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    with torch.no_grad():
+        out = enc(x, mask)
+        alone = enc(x[:1, :2], mask[:1, :2])
+    assert torch.isfinite(out).all() and torch.equal(out[1], torch.zeros(8))
+    torch.testing.assert_close(out[0], alone[0])
 
 
 # ------------------------------------------------------------------------------------------ models

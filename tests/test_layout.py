@@ -124,17 +124,76 @@ def test_missing_label_column_or_file(tmp_path):
         load_dataset(tmp_path, FEATURES)
 
 
-def test_labeled_clip_missing_a_feature_names_the_clip(tmp_path):
+def test_labeled_clip_missing_a_feature_names_the_clip_when_incomplete_is_error(tmp_path):
     make_root(tmp_path, skip={("t-UTT", "lab_05")})
     with pytest.raises(FileNotFoundError) as err:
-        load_dataset(tmp_path, FEATURES)
+        load_dataset(tmp_path, FEATURES, incomplete="error")
     msg = str(err.value)
-    assert "lab_05" in msg and "t-UTT" in msg and "text" in msg
+    assert "lab_05" in msg and "t-UTT" in msg and "text" in msg and "data.incomplete=use" in msg
 
 
-def test_unlabeled_clip_missing_a_feature_leaves_the_pool(tmp_path):
-    make_root(tmp_path, skip={("a-UTT", "unl_02")})
+def test_a_clip_with_no_feature_at_all_is_an_error_naming_it(tmp_path):
+    make_root(tmp_path, skip={("t-UTT", "lab_05"), ("a-UTT", "lab_05")})
+    with pytest.raises(FileNotFoundError, match="lab_05.*none of the features|none of the features.*lab_05"):
+        load_dataset(tmp_path, FEATURES)
+    make_root(tmp_path / "c", skip={("t-UTT", "unl_03"), ("a-UTT", "unl_03")})
+    write_csv(tmp_path / "c" / "candidates.csv", ["name"], [["unl_01"], ["unl_03"]])
+    with pytest.raises(FileNotFoundError, match="candidate"):
+        load_dataset(tmp_path / "c", FEATURES)
+
+
+@pytest.mark.parametrize("layout", ["npy", "packed"])
+def test_missing_modalities_are_used_with_masks_and_counted(tmp_path, layout):
+    arrays = make_root(tmp_path, skip={("t-UTT", "lab_05"), ("a-UTT", "unl_02"), ("a-UTT", "unl_04")})
+    if layout == "packed":
+        for feat in DIMS:
+            pack_folder(tmp_path / "features" / feat, progress=False)
     data = load_dataset(tmp_path, FEATURES)
+    assert {s.kind for s in data.stores.values()} == {"npy-folder" if layout == "npy" else "packed"}
+    assert "lab_05" in data.labeled and sorted(data.unlabeled) == UNLABELED
+    assert data.missing == {"labeled": {"text": 1}, "unlabeled": {"audio": 2}, "candidates": {"audio": 2}}
+    assert data.summary()["missing"] == data.missing
+    names = ["lab_04", "lab_05", "unl_02"]
+    np.testing.assert_array_equal(data.availability(names), [[True, True], [True, False], [False, True]])
+    feats = data.features(names)
+    assert np.isnan(feats["text"][1]).all() and np.isnan(feats["audio"][2]).all()
+    np.testing.assert_array_equal(feats["audio"][:2], np.stack([arrays["a-UTT", "lab_04"], arrays["a-UTT", "lab_05"]]))
+    np.testing.assert_array_equal(feats["text"][2], arrays["t-UTT", "unl_02"])
+    # drop: incomplete labeled and pool clips leave (candidates stay: they must be predicted)
+    dropped = load_dataset(tmp_path, FEATURES, incomplete="drop")
+    assert "lab_05" not in dropped.labeled and len(dropped.labels) == len(LABELED) - 1
+    assert "unl_02" not in dropped.unlabeled and len(dropped.unlabeled) == 4
+    with pytest.raises(ValueError, match="data.incomplete"):
+        load_dataset(tmp_path, FEATURES, incomplete="ignore")
+
+
+def test_missing_frame_level_clips_have_zero_frames_from_both_stores(tmp_path):
+    from semimer.data.ragged import StoredFrames, collate, to_tensors
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "features" / "a-FRA"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(["c0", "c1", "c3"]):
+        np.save(folder / f"{name}.npy", rng.normal(size=(i + 2, 4)).astype(np.float32))
+    from semimer.data.store import open_store
+
+    for kind in ("npy", "packed"):
+        if kind == "packed":
+            pack_folder(folder, progress=False)
+        store = open_store(tmp_path, "a-FRA")
+        got = store.get_present(["c1", "c2", "c3"])
+        assert [a.shape for a in got] == [(3, 4), (0, 4), (4, 4)]
+        assert store.present_lengths(["c2", "c0"]).tolist() == [0, 2]
+        lazy = StoredFrames(store, ["c2", "c0"])
+        x, mask = lazy.pad()
+        assert mask.sum(1).tolist() == [0, 2] and x.shape == (2, 2, 4)
+        batch = collate(to_tensors({"audio": got}, "cpu", {"audio": 4}))
+        assert batch["audio_mask"].sum(1).tolist() == [3, 0, 4]
+
+
+def test_unlabeled_clip_missing_a_feature_leaves_the_pool_when_incomplete_is_error(tmp_path):
+    make_root(tmp_path, skip={("a-UTT", "unl_02")})
+    data = load_dataset(tmp_path, FEATURES, incomplete="error")
     assert "unl_02" not in data.unlabeled and "unl_02" not in data.candidates
     assert len(data.unlabeled) == 5 and any("1 unlabeled clip" in n for n in data.notes)
 
@@ -159,7 +218,7 @@ def test_candidate_without_a_feature_names_the_clip(tmp_path):
     make_root(tmp_path, skip={("a-UTT", "unl_03")})
     write_csv(tmp_path / "candidates.csv", ["name"], [["unl_01"], ["unl_03"]])
     with pytest.raises(FileNotFoundError, match="unl_03"):
-        load_dataset(tmp_path, FEATURES)
+        load_dataset(tmp_path, FEATURES, incomplete="error")
 
 
 def test_custom_class_order(tmp_path):

@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     videos = root / "videos"
     videos.mkdir()
     for i in range(8):
-        make_clip(videos / f"c{i}.mp4", seconds=1.0, fps=4, size=64, tone=200 + 90 * i)
+        make_clip(videos / f"c{i}.mp4", seconds=1.0, fps=4, size=160, tone=200 + 90 * i)
     bert = tiny_bert(root / "bert", layers=2)
     transcripts = root / "transcripts.csv"
     transcripts.write_text("name,chinese\n" + "".join(f"c{i},{t}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")

@@ -50,6 +50,7 @@ class DataConfig:
     candidate_file: Optional[str] = None
     prefer: str = "packed"  # which store to read when both a pack and a .npy folder exist
     group_column: Optional[str] = None  # label-file column (speaker, dialogue): grouped CV keeps groups whole
+    incomplete: str = "use"  # clips lacking a modality: use (with what they have) | drop (labeled + pool) | error
 
     def features(self) -> dict[str, str]:
         return {m: f for m, f in (("audio", self.audio), ("text", self.text), ("video", self.video)) if f}

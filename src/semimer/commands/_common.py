@@ -61,7 +61,6 @@ def config_from_args(args, extra: list[str] | None = None, preset: str | None = 
 
 
 def load_data(cfg):
-    from semimer.data.layout import load_dataset
+    from semimer.data.layout import load_configured
 
-    return load_dataset(cfg.data.root, cfg.data.features(), cfg.data.classes, cfg.data.label_file,
-                        cfg.data.candidate_file, cfg.data.prefer, group_column=cfg.data.group_column)
+    return load_configured(cfg.data)

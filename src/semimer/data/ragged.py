@@ -17,6 +17,12 @@ frames at 50 Hz are ~8 GB in float32), :class:`StoredFrames` stands in for a Rag
 names and frame counts only and reads each batch from the feature store (a memory-mapped packed
 store makes that a sorted gather). :func:`load_features` picks one or the other
 (``train.frame_cache``).
+
+**Missing modalities.** A clip may lack any modality (no face, no audio stream, no transcript). In a
+feature dict it is an all-NaN row (utterance level) or a clip with zero frames (frame level); store
+reads give exactly that (:meth:`~semimer.data.store.FeatureStore.get_present`). Models turn it into
+a ``(B,)`` bool ``"<modality>_present"`` entry of their standardised batch (:func:`presence`), zero
+the missing inputs and leave them out of fusion, voting and contrastive terms.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 
 MASK_SUFFIX = "_mask"
+PRESENT_SUFFIX = "_present"
 
 
 class Ragged:
@@ -47,9 +54,9 @@ class Ragged:
             if dim is None:
                 raise ValueError("an empty Ragged needs its feature dim")
             return cls(torch.zeros(0, dim, device=device), torch.zeros(1, dtype=torch.long))
-        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-        if (lengths == 0).any():
-            raise ValueError(f"clip {int(np.flatnonzero(lengths == 0)[0])} has zero frames")
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)  # 0 = modality missing for that clip
+        dim = arrays[0].shape[-1] if dim is None else dim
+        arrays = [a if len(a) else np.zeros((0, dim), np.float32) for a in arrays]
         flat = torch.as_tensor(np.concatenate(arrays, axis=0), dtype=torch.float32, device=device)
         offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long)
         return cls(flat, offsets)
@@ -105,9 +112,10 @@ class Ragged:
 
     # -- padding ------------------------------------------------------------------------------
     def pad(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x (N, T_max, D), mask (N, T_max))``; padded frames are zeros, mask False."""
+        """``(x (N, T_max, D), mask (N, T_max))``; padded frames are zeros, mask False. A clip with
+        no frames (missing modality) is an all-False mask row; ``T_max >= 1`` whenever ``N >= 1``."""
         n, lengths = len(self), self.lengths
-        t_max = int(lengths.max()) if n else 0
+        t_max = max(int(lengths.max()), 1) if n else 0
         mask = torch.arange(t_max, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
         x = self.flat.new_zeros(n, t_max, self.dim)
         x[mask] = self.flat  # row-major order of the mask = clip by clip, frame by frame
@@ -122,7 +130,8 @@ class StoredFrames:
                  lengths: np.ndarray | None = None):
         self.store = store
         self.names = np.asarray(list(names), dtype=object)
-        self._lengths = np.asarray(store.lengths(list(self.names)) if lengths is None else lengths, dtype=np.int64)
+        self._lengths = np.asarray(store.present_lengths(list(self.names)) if lengths is None else lengths,
+                                   dtype=np.int64)  # 0 for clips without this feature
         self._device = torch.device(device)
 
     def __len__(self) -> int:
@@ -151,7 +160,7 @@ class StoredFrames:
         return StoredFrames(self.store, self.names[idx], self._device, self._lengths[idx])
 
     def materialize(self) -> Ragged:
-        return Ragged.from_arrays(self.store.get_many(list(self.names)), self._device, dim=self.dim)
+        return Ragged.from_arrays(self.store.get_present(list(self.names)), self._device, dim=self.dim)
 
     def pad(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.materialize().pad()
@@ -164,6 +173,14 @@ class StoredFrames:
     @property
     def nbytes(self) -> int:
         return int(self._lengths.sum()) * self.dim * 4
+
+
+def presence(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` bool: which clips have this modality — utterance level ``(B, D)``: rows without NaN;
+    frame level (``mask`` ``(B, T)``): clips with at least one valid frame. No host synchronisation."""
+    if mask is not None:
+        return mask.any(dim=1)
+    return ~torch.isnan(x).any(dim=-1)
 
 
 def is_frame(x) -> bool:
@@ -216,7 +233,7 @@ def load_features(data, names: Sequence[str], device, cache: str = "auto") -> di
             frames = StoredFrames(store, names, device)
             if cache == "store" or (cache == "auto" and frames.nbytes > FRAME_CACHE_BYTES):
                 lazy[m] = frames
-    in_ram = {m: s.get_many(names) for m, s in data.stores.items() if m not in lazy}
+    in_ram = {m: s.get_present(names) for m, s in data.stores.items() if m not in lazy}
     out = to_tensors(in_ram, device, data.dims())
     return {m: lazy[m] if m in lazy else out[m] for m in data.stores}
 

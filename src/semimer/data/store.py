@@ -101,6 +101,32 @@ class FeatureStore:
             return np.stack(arrays) if arrays else np.zeros((0, self.dim), np.float32)
         return arrays
 
+    def get_present(self, names: Sequence[str]) -> np.ndarray | list[np.ndarray]:
+        """Like :meth:`get_many`, but a clip without this feature is *missing*, not an error: its
+        row is all NaN (utterance level) or it has zero frames (frame level). This is how a missing
+        modality travels through semimer (see :mod:`semimer.data.ragged`)."""
+        names = list(names)
+        have = np.fromiter((n in self for n in names), dtype=bool, count=len(names))
+        if have.all():
+            return self.get_many(names)
+        got = self.get_many([n for n, h in zip(names, have) if h])
+        if self.level == "utt":
+            out = np.full((len(names), self.dim), np.nan, dtype=np.float32)
+            out[have] = got
+            return out
+        it = iter(got)
+        empty = np.zeros((0, self.dim), np.float32)
+        return [next(it) if h else empty for h in have]
+
+    def present_lengths(self, names: Sequence[str]) -> np.ndarray:
+        """:meth:`lengths` with 0 for clips without this feature."""
+        names = list(names)
+        have = np.fromiter((n in self for n in names), dtype=bool, count=len(names))
+        out = np.zeros(len(names), dtype=np.int64)
+        if have.any():
+            out[have] = self.lengths([n for n, h in zip(names, have) if h])
+        return out
+
     def lengths(self, names: Sequence[str]) -> np.ndarray:
         """Frames per clip (1 at utterance level) without reading the data where the format allows."""
         if self.level == "utt":

@@ -25,6 +25,12 @@ Generative model (all draws from ``numpy.random.default_rng`` seeded by ``seed``
   the annotated counts stay exact and the test ceiling is below 100.
 * optional corruption: a fraction ``missing_rate`` of clips have one modality zeroed (no face, no
   audio, empty text -> zero vector, as in the MER extraction conventions).
+* missing modalities (``gaps = {"labeled": {modality: rate}, "pool": {...}}``, preset ``gaps``): each
+  clip of that split lacks that modality with that probability — no feature file at all, as when a
+  clip has no video stream, no face or no audio (MER2024's ``samplenew3`` pool has no video). Draws
+  are independent per modality from their own seed stream (the features are the same as without
+  gaps); a clip whose draws remove every modality keeps one, chosen uniformly. The pool rate applies
+  to test clips and candidates too.
 * frame level (``frames = {modality: (T_min, T_max)}``, preset ``frames``): that modality is a
   ``(T, D)`` array per clip, ``T`` uniform in ``[T_min, T_max]``. The emotion signal
   ``gain_m U_m B_m z`` is present only on one contiguous *salient* segment of
@@ -95,6 +101,7 @@ class SynthConfig:
     frames: dict = field(default_factory=dict)  # modality -> [T_min, T_max]: frame-level features
     salient_fraction: float = 0.3
     frame_sigma: dict = field(default_factory=lambda: {"audio": 1.5, "text": 1.5, "video": 1.5})
+    gaps: dict = field(default_factory=dict)  # {"labeled"|"pool": {modality: rate}}: clips without that modality
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -113,7 +120,32 @@ PRESETS: dict[str, SynthConfig] = {
     "frames": SynthConfig(n_labeled=1006, n_unlabeled=6000, n_test=600, n_candidates=1500,
                           dims={"audio": 64, "text": 128, "video": 48}, n_speakers=80,
                           frames={"audio": [10, 60], "video": [4, 24]}),
+    # MER2024-like gaps: labeled clips without a face (15 %) or audio (3 %); pool clips without video
+    # (10 %, like samplenew3) or audio (3 %)
+    "gaps": SynthConfig(n_labeled=1006, n_unlabeled=6000, n_test=600, n_candidates=1500,
+                        dims={"audio": 64, "text": 128, "video": 48}, n_speakers=80,
+                        gaps={"labeled": {"video": 0.15, "audio": 0.03}, "pool": {"video": 0.10, "audio": 0.03}}),
 }
+
+
+def draw_gaps(cfg: SynthConfig, is_lab: np.ndarray, seed: int) -> np.ndarray:
+    """``(n, 3)`` bool: clip ``i`` has modality ``j`` (see ``gaps`` in the module docstring)."""
+    unknown = set(cfg.gaps) - {"labeled", "pool"} or set().union(*map(set, cfg.gaps.values())) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"gaps: unknown keys {sorted(unknown)}; use {{'labeled'|'pool': {{modality: rate}}}}")
+    rng = np.random.default_rng([seed, 3])
+    n = len(is_lab)
+    rates = np.zeros((n, len(MODALITIES)))
+    for split, sel in (("labeled", is_lab), ("pool", ~is_lab)):
+        for j, m in enumerate(MODALITIES):
+            r = float(cfg.gaps.get(split, {}).get(m, 0.0))
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"gaps[{split!r}][{m!r}] must be in [0, 1), got {r}")
+            rates[sel, j] = r
+    has = rng.random((n, len(MODALITIES))) >= rates
+    none = np.flatnonzero(~has.any(1))
+    has[none, rng.integers(0, len(MODALITIES), size=len(none))] = True
+    return has
 
 
 def labeled_counts(n: int) -> np.ndarray:
@@ -239,10 +271,13 @@ def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: i
     if unknown:
         raise ValueError(f"frames given for unknown modalities {sorted(unknown)}; valid: {', '.join(MODALITIES)}")
     fnames = feature_names(cfg)
+    has = draw_gaps(cfg, is_lab, seed)
+    # written as .npy files (packed below when asked): frame level, and every modality with gaps
+    via_files = set(cfg.frames) | {m for j, m in enumerate(MODALITIES) if not has[:, j].all()}
     writers = {}
-    if fmt in ("packed", "both"):  # utterance level: written packed directly; frame level: packed below
+    if fmt in ("packed", "both"):  # utterance level without gaps: written packed directly
         writers = {m: PackedWriter(ds / PACKED_DIRNAME / fnames[m], fnames[m], names, cfg.dims[m])
-                   for m in MODALITIES if m not in cfg.frames}
+                   for m in MODALITIES if m not in via_files}
     starts = range(0, n_total, cfg.chunk)
     if progress:
         from tqdm import tqdm
@@ -254,14 +289,16 @@ def generate(out: str | os.PathLike, preset: str | SynthConfig = "tiny", seed: i
         for m in MODALITIES:
             if m in writers:
                 writers[m].write(start, feats[m])
-            if fmt in ("npy", "both") or m in cfg.frames:
+            if fmt in ("npy", "both") or m in via_files:
                 folder = ds / FEATURES_DIRNAME / fnames[m]
                 folder.mkdir(parents=True, exist_ok=True)
+                j = MODALITIES.index(m)
                 for i, row in zip(range(sl.start, sl.stop), feats[m]):
-                    np.save(folder / f"{names[i]}.npy", row)
+                    if has[i, j]:
+                        np.save(folder / f"{names[i]}.npy", row)
     for w in writers.values():
         w.close({"synthetic": True})
-    for m in cfg.frames:
+    for m in sorted(via_files):
         if fmt in ("packed", "both"):
             pack_folder(ds / FEATURES_DIRNAME / fnames[m], progress=False)
             if fmt == "packed":

@@ -223,7 +223,10 @@ def write_report(out: Path, summary: dict, data, oof: np.ndarray, classes: Seque
     lines = ["# semimer recipe report", "",
              f"Data: `{data.root}` — {len(data.labeled)} labeled, {len(data.unlabeled)} unlabeled, "
              f"{len(data.candidates)} candidates. Features: "
-             + ", ".join(f"{m} `{s.feature}` ({s.dim})" for m, s in data.stores.items()) + ".",
+             + ", ".join(f"{m} `{s.feature}` ({s.dim})" for m, s in data.stores.items()) + "."
+             + ("" if not getattr(data, "missing", None) else " Clips without a modality (used with the ones they have): "
+                + "; ".join(f"{split} " + ", ".join(f"{m} {n}" for m, n in c.items()) for split, c in data.missing.items())
+                + "."),
              f"Seed {summary.get('seed', DASH)}; members {', '.join(members) or DASH}; "
              f"{folds or DASH}-fold CV on real labels only (pseudo-labeled clips train, never validate).", "",
              final_line(summary), "", "## Stages", "", *stage_rows(summary)]

@@ -15,13 +15,21 @@ Library use::
 
 and at prediction time, from the ``extractor.json`` files of a training run::
 
-    feats = extract_clip_features("new_clip.mp4", metadatas)   # {feature: array}
+    feats = extract_clip_features("new_clip.mp4", metadatas)   # {feature: array}; raises on a problem
+    feats, missing = extract_clip_features_partial("speech.wav", metadatas, transcript="...")
+    # missing: {feature: reason} for modalities the clip lacks ("no video stream", "no face ...");
+    # a corrupt file still raises ValueError naming it
+
+Clips may be video or audio files; a clip lacking a modality gets no feature for it (never a
+placeholder) and a row in ``failures.csv`` (see :mod:`~semimer.extract.runner`).
 """
 
+from semimer.extract.decode import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, is_audio_file
 from semimer.extract.registry import (
     EXTRACTORS,
     ClipError,
     Extractor,
+    MissingModality,
     build_extractor,
     build_extractor_from_metadata,
     list_extractors,
@@ -32,15 +40,19 @@ from semimer.extract.runner import (
     ClipEntry,
     ExtractReport,
     extract_clip_features,
+    extract_clip_features_partial,
     list_clips,
     parse_shard,
+    reason_kind,
     run_extraction,
     select_shard,
     shard_of,
 )
 
 __all__ = [
-    "EXTRACTORS", "ClipEntry", "ClipError", "ExtractReport", "Extractor", "build_extractor",
-    "build_extractor_from_metadata", "extract_clip_features", "list_clips", "list_extractors",
-    "parse_shard", "parse_spec", "register_extractor", "run_extraction", "select_shard", "shard_of",
+    "AUDIO_EXTENSIONS", "EXTRACTORS", "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "ClipEntry", "ClipError",
+    "ExtractReport", "Extractor", "MissingModality", "build_extractor", "build_extractor_from_metadata",
+    "extract_clip_features", "extract_clip_features_partial", "is_audio_file", "list_clips", "list_extractors",
+    "parse_shard", "parse_spec", "reason_kind", "register_extractor", "run_extraction", "select_shard",
+    "shard_of",
 ]

@@ -1,6 +1,13 @@
 """Decode clips with PyAV (FFmpeg bundled in the wheel): audio as 16 kHz mono float32, video as
 RGB frames sampled at a fixed rate. Problems become :class:`ClipError` with a short reason that
-goes into ``failures.csv`` (corrupt file, no audio stream, zero-length...)."""
+goes into ``failures.csv``: a damaged file (``corrupt file: ...``) is a plain ClipError; a stream
+that is absent or empty (``no audio stream``, ``no video stream``, ``zero-length audio``) is a
+:class:`MissingModality`.
+
+Clips may be video files (:data:`VIDEO_EXTENSIONS`) or audio files (:data:`AUDIO_EXTENSIONS`).
+The picture embedded in an audio file (cover art: a video stream with the ``attached_pic``
+disposition) is not video.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from semimer.extract.registry import ClipError
+from semimer.extract.registry import ClipError, MissingModality
 
 SAMPLE_RATE = 16_000
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".flv", ".mov", ".webm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".flv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+
+
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """An audio file by its extension (:data:`AUDIO_EXTENSIONS`): no video is expected in it."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
 def _open(path: str | os.PathLike):
@@ -23,7 +37,28 @@ def _open(path: str | os.PathLike):
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise ClipError(f"corrupt or unreadable file ({type(exc).__name__}: {exc})") from None
+        raise ClipError(f"corrupt file: {type(exc).__name__}: {exc}") from None
+
+
+def _video_streams(container) -> list:
+    """Video streams that are moving pictures (not an audio file's cover art)."""
+    import av
+
+    pic = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
+    out = []
+    for s in container.streams.video:
+        disp = getattr(s, "disposition", 0)
+        if pic is not None and disp is not None and bool(disp & pic):
+            continue
+        out.append(s)
+    return out
+
+
+def probe_streams(path: str | os.PathLike) -> tuple[bool, bool]:
+    """``(has_audio, has_video)`` from the container header (nothing decoded). Raises
+    :class:`ClipError` for a missing or unreadable file."""
+    with _open(path) as container:
+        return bool(container.streams.audio), bool(_video_streams(container))
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -36,7 +71,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
 
     with _open(path) as container:
         if not container.streams.audio:
-            raise ClipError("no audio stream")
+            raise MissingModality("no audio stream")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
@@ -52,7 +87,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
                 raise ClipError(f"corrupt audio stream ({exc})") from None
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if audio.size == 0:
-        raise ClipError("zero-length audio")
+        raise MissingModality("zero-length audio")
     return audio
 
 
@@ -69,9 +104,10 @@ def decode_frames(path: str | os.PathLike, fps: float) -> tuple[list[np.ndarray]
     frames: list[np.ndarray] = []
     times: list[float] = []
     with _open(path) as container:
-        if not container.streams.video:
-            raise ClipError("no video stream")
-        stream = container.streams.video[0]
+        streams = _video_streams(container)
+        if not streams:
+            raise MissingModality("no video stream")
+        stream = streams[0]
         stream.thread_type = "AUTO"
         period = 1.0 / fps
         next_t = 0.0
@@ -89,5 +125,5 @@ def decode_frames(path: str | os.PathLike, fps: float) -> tuple[list[np.ndarray]
             if not frames:
                 raise ClipError(f"corrupt video stream ({exc})") from None
     if not frames:
-        raise ClipError("zero-length video (no decodable frame)")
+        raise MissingModality("zero-length video (no decodable frame)")
     return frames, np.asarray(times, dtype=np.float64)

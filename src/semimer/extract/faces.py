@@ -4,9 +4,11 @@ largest face per frame.
 Fallbacks, counted and reported, never silent:
 
 * a frame where no face is found takes the box of the nearest frame (in time) that has one;
-* a clip where no frame has a face takes the **centre crop**: a square of side
-  ``CENTRE_CROP_FRACTION * min(H, W)`` centred horizontally, its centre at 40 % of the height
-  (talking heads sit a little above the middle of the picture).
+* a clip where no frame has a face: :attr:`FaceTrack.centre_crop` is true. The visual
+  extractors then give **no** feature by default (``no_face=skip``, see
+  :mod:`semimer.extract.visual`); with ``no_face=centre`` they encode the **centre crop** the
+  track holds: a square of side ``CENTRE_CROP_FRACTION * min(H, W)`` centred horizontally, its
+  centre at 40 % of the height (talking heads sit a little above the middle of the picture).
 
 Boxes are made square (the shorter side grown) and enlarged by ``margin`` on each side, then
 clipped to the image.

@@ -30,6 +30,13 @@ class ClipError(Exception):
     reason written to ``failures.csv``; other features of the clip still proceed."""
 
 
+class MissingModality(ClipError):
+    """The clip is fine but has nothing for this modality: no audio or video stream, a stream
+    with no samples, no face in any sampled frame, no transcript. The feature is *missing* (no
+    file is written; training sees an absent modality), as opposed to a damaged file (a plain
+    :class:`ClipError`, e.g. ``corrupt file: ...``)."""
+
+
 def register_extractor(name: str) -> Callable[[type], type]:
     """Class decorator: make an :class:`Extractor` subclass buildable by ``name``."""
 

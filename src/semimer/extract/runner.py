@@ -4,10 +4,14 @@ Layout written under the data root (what :mod:`semimer.data.store` reads)::
 
     DATA_DIR/features/<FEATURE>/<name>.npy      (D,) or (T, D) float32, written atomically
     DATA_DIR/features/<FEATURE>/extractor.json  how to rebuild the extractor (see registry)
-    DATA_DIR/failures.csv                       name, path, feature, status, reason
+    DATA_DIR/failures.csv                       name, path, modality, feature, status, reason
 
-``status`` is ``failed`` (no .npy written: corrupt file, no audio stream, zero-length...) or
-``note`` (written, but with a documented fallback, e.g. the centre crop when no face was found).
+``status`` is ``failed`` (no .npy written) or ``note`` (written, but with a documented fallback,
+e.g. the nearest detected face box for frames without a face). A clip that lacks a modality gets
+**no** file for that modality's features, never a placeholder: its ``failed`` row says why
+(``no audio stream``, ``no video stream`` -- every audio file --, ``no face detected in any of N
+sampled frames``, ``no transcript ...``); a damaged file says ``corrupt file: ...``. The data
+layer sees such a feature as absent for that clip. The summary counts the reasons per feature.
 A sharded run writes ``failures.shard-<i>-of-<n>.csv`` instead, so shards never write one file.
 
 Resume: a (clip, feature) whose .npy exists is never recomputed; a clip with all its features
@@ -27,12 +31,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from semimer.extract.clip import Clip
-from semimer.extract.decode import VIDEO_EXTENSIONS
-from semimer.extract.registry import ClipError, Extractor, build_extractor_from_metadata
+from semimer.extract.decode import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS
+from semimer.extract.registry import ClipError, Extractor, MissingModality, build_extractor_from_metadata
 from semimer.io import read_csv, read_json, save_npy, write_csv, write_json
 from semimer.utils import log
 
-FAILURE_COLUMNS = ("name", "path", "feature", "status", "reason")
+FAILURE_COLUMNS = ("name", "path", "modality", "feature", "status", "reason")
 FLUSH_SECONDS = 60.0  # failures.csv is rewritten at least this often during a long run
 MAX_UNEXPECTED_ERRORS = 10  # an extractor failing this often with no success is a bug, not bad clips
 
@@ -48,24 +52,37 @@ class ClipEntry:
 
 
 def list_clips(source: str | os.PathLike) -> list[ClipEntry]:
-    """Clips of a folder (mp4/avi/mkv/flv/mov/webm, recursive, name = file stem) or of a manifest
-    CSV with columns ``name`` and ``path`` (relative paths are relative to the CSV's folder).
-    Sorted by name; duplicate names are an error."""
+    """The clips of ``source``, sorted by name; duplicate names are an error.
+
+    * a folder: every video (:data:`~semimer.extract.decode.VIDEO_EXTENSIONS`) and audio file
+      (:data:`~semimer.extract.decode.AUDIO_EXTENSIONS`: wav, flac, mp3, m4a, ogg...) under it,
+      recursively, hidden files excluded; name = file stem;
+    * a ``.csv`` file: a manifest with columns ``name`` and ``path``; a relative ``path`` is
+      relative to **the manifest's folder** (not the working directory); absolute paths as given;
+    * any other file: that one media file is the one clip (name = its stem).
+    """
     src = Path(source)
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()
                        and not p.name.startswith("."))
         entries = [ClipEntry(p.stem, p) for p in files]
         if not entries:
-            raise FileNotFoundError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) under {src}")
-    elif src.is_file():
-        rows = read_csv(src)
+            raise FileNotFoundError(f"no video or audio clips under {src} (video: {', '.join(VIDEO_EXTENSIONS)}; "
+                                    f"audio: {', '.join(AUDIO_EXTENSIONS)})")
+    elif src.is_file() and src.suffix.lower() == ".csv":
+        try:
+            rows = read_csv(src)
+        except UnicodeDecodeError:
+            raise ValueError(f"{src}: not a text CSV; a clip manifest is a UTF-8 CSV with columns name,path") from None
         if not rows or not {"name", "path"} <= set(rows[0]):
-            raise ValueError(f"{src}: a clip manifest needs the columns name,path (one row per clip)")
+            raise ValueError(f"{src}: a clip manifest needs the columns name,path (one row per clip; relative "
+                             f"paths are relative to the manifest's folder)")
         entries = [ClipEntry(r["name"].strip(), (src.parent / r["path"].strip()) if not Path(r["path"].strip()).is_absolute()
                              else Path(r["path"].strip())) for r in rows]
+    elif src.is_file():
+        entries = [ClipEntry(src.stem, src)]
     else:
-        raise FileNotFoundError(f"{src} is neither a folder of clips nor a manifest CSV (name,path)")
+        raise FileNotFoundError(f"{src} is neither a folder of clips, a media file nor a manifest CSV (name,path)")
     seen: dict[str, Path] = {}
     for e in entries:
         if e.name in seen:
@@ -105,16 +122,33 @@ def select_shard(clips: Sequence[ClipEntry], index: int, count: int) -> list[Cli
 # the run
 
 
+def reason_kind(reason: str) -> str:
+    """A short class of a failure reason, for counting: ``no audio stream``, ``no video stream``,
+    ``no face``, ``corrupt file``, ``no transcript for this clip``, ``zero-length audio``..."""
+    r = reason.strip()
+    if r.startswith("no face"):
+        return "no face"
+    for sep in (":", " ("):
+        r = r.split(sep)[0]
+    return r[:60] or "unknown"
+
+
 @dataclass
 class ExtractReport:
     clips: int = 0
     skipped: int = 0  # clips with every feature already on disk
     written: dict[str, int] = field(default_factory=dict)
-    failed: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)  # no .npy written (missing modality or error)
     notes: dict[str, int] = field(default_factory=dict)
     empty_text: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures_file: Path | None = None
+    #: feature -> modality (audio/text/video) of every extractor of the run
+    modality: dict[str, str] = field(default_factory=dict)
+    #: feature -> clips of this run that have the feature on disk afterwards (resumed ones included)
+    present: dict[str, int] = field(default_factory=dict)
+    #: feature -> {reason kind (see :func:`reason_kind`): clips}, over the failed clips of this run
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_written(self) -> int:
@@ -122,10 +156,16 @@ class ExtractReport:
 
     def summary(self) -> str:
         lines = [f"{self.clips} clips ({self.skipped} already done) in {self.seconds:.1f} s"]
-        for feat in sorted(set(self.written) | set(self.failed) | set(self.notes)):
+        feats = set(self.written) | set(self.failed) | set(self.notes) | set(self.modality)
+        for feat in sorted(feats, key=lambda f: (self.modality.get(f, ""), f)):
+            why = self.reasons.get(feat, {})
+            detail = ", ".join(f"{k} {n}" for k, n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])))
             extra = f", empty text -> zeros: {self.empty_text[feat]}" if self.empty_text.get(feat) else ""
-            lines.append(f"  {feat}: written {self.written.get(feat, 0)}, failed {self.failed.get(feat, 0)}, "
-                         f"fallback notes {self.notes.get(feat, 0)}{extra}")
+            mod = self.modality.get(feat)
+            lines.append(f"  {mod + ' ' if mod else ''}{feat}: written {self.written.get(feat, 0)}"
+                         + (f" (with the feature: {self.present[feat]} of {self.clips})" if feat in self.present else "")
+                         + f", failed {self.failed.get(feat, 0)}{f' ({detail})' if detail else ''}"
+                         + f", fallback notes {self.notes.get(feat, 0)}{extra}")
         if self.failures_file:
             lines.append(f"  failures and notes: {self.failures_file}")
         return "\n".join(lines)
@@ -135,23 +175,28 @@ def feature_dir(out: Path, ex: Extractor) -> Path:
     return out / "features" / ex.feature_name
 
 
-def _same_extractor(old: dict[str, Any], new: dict[str, Any], path_options: Sequence[str]) -> bool:
-    """Same extractor, level, dim and options (path options compared as resolved paths)."""
+def _same_extractor(old: dict[str, Any], new: dict[str, Any], path_options: Sequence[str],
+                    defaults: dict[str, Any] | None = None) -> bool:
+    """Same extractor, level, dim and options (path options compared as resolved paths; an option
+    the old metadata lacks, added to the extractor since, counts as its default)."""
     if any(old.get(k) != new.get(k) for k in ("extractor", "dim", "level")):
         return False
     a, b = dict(old.get("options", {})), dict(new.get("options", {}))
+    for k, v in (defaults or {}).items():
+        a.setdefault(k, v)
     for k in path_options:
         if a.get(k) and b.get(k) and os.path.realpath(a[k]) == os.path.realpath(b[k]):
             a[k] = b[k]
     return a == b
 
 
-def write_extractor_json(folder: Path, meta: dict[str, Any], path_options: Sequence[str] = ()) -> None:
+def write_extractor_json(folder: Path, meta: dict[str, Any], path_options: Sequence[str] = (),
+                         defaults: dict[str, Any] | None = None) -> None:
     """Write ``extractor.json``; refuse to mix features of a different extractor config in one folder."""
     path = folder / "extractor.json"
     if path.is_file():
         old = read_json(path)
-        if not _same_extractor(old, meta, path_options) and any(folder.glob("*.npy")):
+        if not _same_extractor(old, meta, path_options, defaults) and any(folder.glob("*.npy")):
             raise ValueError(
                 f"{path} describes a different extractor ({old.get('extractor')} {old.get('options')}, dim "
                 f"{old.get('dim')}) than this run ({meta['extractor']} {meta['options']}, dim {meta['dim']}); "
@@ -173,9 +218,9 @@ def run_extraction(clips: Sequence[ClipEntry], extractors: Sequence[Extractor], 
         meta = ex.metadata()
         if ex.modality == "text" and text_source:
             meta["text_source"] = text_source
-        write_extractor_json(feature_dir(out, ex), meta, ex.path_options)
+        write_extractor_json(feature_dir(out, ex), meta, ex.path_options, ex.options)
 
-    report = ExtractReport(clips=len(clips))
+    report = ExtractReport(clips=len(clips), modality={ex.feature_name: ex.modality for ex in extractors})
     todo: list[tuple[ClipEntry, list[Extractor]]] = []
     for c in clips:
         missing = [ex for ex in extractors if not (feature_dir(out, ex) / f"{c.name}.npy").is_file()]
@@ -183,6 +228,10 @@ def run_extraction(clips: Sequence[ClipEntry], extractors: Sequence[Extractor], 
             todo.append((c, missing))
         else:
             report.skipped += 1
+        for ex in extractors:
+            if ex not in missing:
+                report.present[ex.feature_name] = report.present.get(ex.feature_name, 0) + 1
+    report.present = {ex.feature_name: report.present.get(ex.feature_name, 0) for ex in extractors}
     if report.skipped:
         log.info("resume: %d of %d clips already have every feature; skipped", report.skipped, len(clips))
 
@@ -202,6 +251,8 @@ def run_extraction(clips: Sequence[ClipEntry], extractors: Sequence[Extractor], 
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start
+        for feat, n in report.written.items():
+            report.present[feat] = report.present.get(feat, 0) + n
         report.failures_file = _merge_failures(out / failures_name, rows, attempted, out)
     for feat, n in report.empty_text.items():
         log.warning("%s: %d clips had empty text and got a zero vector", feat, n)
@@ -225,13 +276,16 @@ def _run_group(group: list[tuple[ClipEntry, list[Extractor]]], extractors: Seque
                 result = _check_array(result, ex)
             if isinstance(result, ClipError):
                 report.failed[feat] = report.failed.get(feat, 0) + 1
-                rows.append((clip.name, str(clip.path), feat, "failed", str(result)))
+                kinds = report.reasons.setdefault(feat, {})
+                kind = reason_kind(str(result))
+                kinds[kind] = kinds.get(kind, 0) + 1
+                rows.append((clip.name, str(clip.path), ex.modality, feat, "failed", str(result)))
             else:
                 save_npy(feature_dir(out, ex) / f"{clip.name}.npy", result)
                 report.written[feat] = report.written.get(feat, 0) + 1
                 for note in clip.notes:
                     report.notes[feat] = report.notes.get(feat, 0) + 1
-                    rows.append((clip.name, str(clip.path), feat, "note", note))
+                    rows.append((clip.name, str(clip.path), ex.modality, feat, "note", note))
             clip.notes.clear()
         if getattr(ex, "empty_count", 0):
             report.empty_text[feat] = ex.empty_count
@@ -283,7 +337,7 @@ def _merge_failures(path: Path, rows: list[tuple], attempted: set[tuple[str, str
             if r.get("status") == "failed" and (out / "features" / key[1] / f"{key[0]}.npy").is_file():
                 continue
             kept.append(tuple(r.get(c, "") for c in FAILURE_COLUMNS))
-    all_rows = sorted(kept + rows, key=lambda r: (r[0], r[2]))
+    all_rows = sorted(kept + rows, key=lambda r: (r[0], r[3]))
     if not all_rows and not path.is_file():
         return None
     write_csv(path, FAILURE_COLUMNS, all_rows)
@@ -297,21 +351,10 @@ _BUILT: dict[tuple[str, str], Extractor] = {}
 _ASR: dict[tuple[str, str], Callable] = {}
 
 
-def extract_clip_features(video_path: str | os.PathLike, metadatas: Iterable[dict[str, Any]], *,
-                          transcript: str | None = None, device: Any = "cpu",
-                          base_dir: str | os.PathLike | None = None,
-                          on_error: str = "raise") -> dict[str, np.ndarray]:
-    """Re-extract one clip for the features described by ``metadatas`` (``extractor.json`` dicts).
-
-    Returns ``{feature_name: array}``. Extractors (and a Whisper model named in a text feature's
-    ``text_source``) are built once per process and reused. Text features use ``transcript`` when
-    given, else ASR from the metadata's ``text_source.asr_model``. On a clip problem (no audio
-    stream...), ``on_error="raise"`` raises ValueError naming the clip and the reason;
-    ``"skip"`` leaves that feature out of the result.
-    """
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
-    metadatas = list(metadatas)
+def _clip_for(path: str | os.PathLike, metadatas: list[dict[str, Any]], transcript: str | None, device: Any,
+              base_dir: str | os.PathLike | None) -> Clip:
+    """A :class:`Clip` of ``path`` with the transcript, else the Whisper model a text feature's
+    ``text_source`` names (built once per process)."""
     transcriber = None
     if transcript is None:
         asr = next((m.get("text_source", {}).get("asr_model") for m in metadatas
@@ -324,22 +367,85 @@ def extract_clip_features(video_path: str | os.PathLike, metadatas: Iterable[dic
 
                 _ASR[key] = WhisperASR(str(_resolve(asr, base_dir)), device=device, language=lang)
             transcriber = _ASR[key]
-    clip = Clip(Path(video_path).stem, video_path, transcript=transcript, transcriber=transcriber)
-    result: dict[str, np.ndarray] = {}
+    return Clip(Path(path).stem, path, transcript=transcript, transcriber=transcriber)
+
+
+def _each_feature(clip: Clip, metadatas: list[dict[str, Any]], device: Any, base_dir: str | os.PathLike | None):
+    """Yield ``(feature_name, array | ClipError)`` per metadata, lazily, in order."""
     for meta in metadatas:
         key = (json.dumps(meta, sort_keys=True, default=str), str(device))
         if key not in _BUILT:
             _BUILT[key] = build_extractor_from_metadata(meta, device=device, base_dir=base_dir)
         ex = _BUILT[key]
         try:
-            arr = ex.extract(clip)
-            checked = _check_array(arr, ex)
-            if isinstance(checked, ClipError):
-                raise checked
-            result[ex.feature_name] = checked
+            result = _check_array(ex.extract(clip), ex)
         except ClipError as exc:
-            if on_error == "raise":
-                raise ValueError(f"{video_path}: cannot extract feature {ex.feature_name}: {exc}") from None
+            result = exc
+        yield ex.feature_name, result
+
+
+def extract_clip_features_partial(path: str | os.PathLike, metadatas: Iterable[dict[str, Any]], *,
+                                  transcript: str | None = None, device: Any = "cpu",
+                                  base_dir: str | os.PathLike | None = None
+                                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Re-extract one clip, tolerating missing modalities (for prediction of one clip).
+
+    Returns ``(features, missing)``: ``{feature_name: array}`` for the features that could be
+    extracted (keys as in :func:`extract_clip_features`), and ``{feature_name: reason}`` for the
+    ones the clip lacks (:class:`~semimer.extract.registry.MissingModality`: ``no video stream``
+    for an audio file, ``no audio stream``, ``no face detected in any of N sampled frames``,
+    ``zero-length audio``, ``no transcript ...`` when neither ``transcript`` nor an ASR model is
+    available). Every feature of ``metadatas`` is in exactly one of the two dicts.
+
+    A damaged file (``corrupt file: ...``, a corrupt stream, file not found) or an extractor
+    output of the wrong shape raises ValueError ``"<path>: cannot extract feature <name>: <reason>"``.
+    Extractors and the Whisper model are built once per process (as in extract_clip_features).
+    """
+    metadatas = list(metadatas)
+    clip = _clip_for(path, metadatas, transcript, device, base_dir)
+    features: dict[str, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    try:
+        for feat, result in _each_feature(clip, metadatas, device, base_dir):
+            if isinstance(result, MissingModality):
+                missing[feat] = str(result)
+            elif isinstance(result, ClipError):
+                raise ValueError(f"{path}: cannot extract feature {feat}: {result}")
+            else:
+                features[feat] = result
+    finally:
+        clip.release()
+    return features, missing
+
+
+def extract_clip_features(video_path: str | os.PathLike, metadatas: Iterable[dict[str, Any]], *,
+                          transcript: str | None = None, device: Any = "cpu",
+                          base_dir: str | os.PathLike | None = None,
+                          on_error: str = "raise") -> dict[str, np.ndarray]:
+    """Re-extract one clip for the features described by ``metadatas`` (``extractor.json`` dicts).
+
+    Returns ``{feature_name: array}``. Extractors (and a Whisper model named in a text feature's
+    ``text_source``) are built once per process and reused. Text features use ``transcript`` when
+    given, else ASR from the metadata's ``text_source.asr_model``. On a clip problem (no audio
+    stream, no face, corrupt file...), ``on_error="raise"`` raises ValueError
+    ``"<path>: cannot extract feature <name>: <reason>"`` at the first one; ``"skip"`` leaves that
+    feature out of the result. To get the missing modalities' reasons while a damaged file still
+    raises, use :func:`extract_clip_features_partial`.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    metadatas = list(metadatas)
+    clip = _clip_for(video_path, metadatas, transcript, device, base_dir)
+    result: dict[str, np.ndarray] = {}
+    try:
+        for feat, arr in _each_feature(clip, metadatas, device, base_dir):
+            if isinstance(arr, ClipError):
+                if on_error == "raise":
+                    raise ValueError(f"{video_path}: cannot extract feature {feat}: {arr}")
+            else:
+                result[feat] = arr
+    finally:
+        clip.release()
     return result
 
 

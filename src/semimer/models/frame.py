@@ -15,7 +15,8 @@ Two kinds (``model.frame_encoder``):
 
 Pooling (``model.frame_pool``): ``mean`` over valid frames, or ``attention`` (a learned score per
 frame, softmax over valid frames). Each clip only ever attends to its own valid frames, so its
-output does not depend on which clips share its batch or on how much padding the batch has.
+output does not depend on which clips share its batch or on how much padding the batch has. A clip
+with no valid frame (a missing modality) gets a zero vector.
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ class FrameEncoder(nn.Module):
         if x.dim() != 3 or mask.shape != x.shape[:2]:
             raise ValueError(f"frame encoder needs x (B, T, D) and mask (B, T), got {tuple(x.shape)} and {tuple(mask.shape)}")
         mask = mask.to(torch.bool)
-        if not bool(mask.any(1).all()):
-            raise ValueError("every clip needs at least one valid frame (a mask row is all False)")
+        # a clip without frames (missing modality) attends to one zero frame; its output is zeroed below
+        empty = ~mask.any(1)
+        mask = mask.clone()
+        mask[:, 0] |= empty
         h = self.inp(x)
         frame_index = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         if self.kind == "transformer":
@@ -130,6 +133,7 @@ class FrameEncoder(nn.Module):
         else:
             s = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
             pooled = (torch.softmax(s, dim=1).unsqueeze(-1) * h).sum(1)
+        pooled = pooled * (~empty).unsqueeze(-1).to(pooled.dtype)
         if return_tokens:
             return pooled, (h, mask, frame_index.masked_fill(~mask, -1))
         return pooled

@@ -15,7 +15,12 @@ Multimodal Emotion Recognition with Limited Labeled Samples" (arXiv 2409.04447):
               (g_a, [h_t; h_v]), (g_t, [h_a; h_v]), (g_v, [h_a; h_t])
     L_noise = mean of (h_m, h̃_m) for m ∈ {audio, text, video}
 
-each term an NT-Xent with its own learnable temperature. Their public fragment used the
+each term an NT-Xent with its own learnable temperature.
+
+Missing modalities: with ``present`` (modality -> ``(B,)`` bool), a term uses only the clips that
+have every modality it involves (anchors and negatives alike: exactly the NT-Xent of those rows);
+a term with no such clip in the batch contributes nothing, and the loss is the mean of the terms
+that have at least one (0 when none has). Their public fragment used the
 self-similarity as the positive, did not normalise and divided by τ twice, so it never pulled the
 paired views together; this module does not reproduce that.
 """
@@ -39,12 +44,15 @@ __all__ = [
 MODALITIES: tuple[str, ...] = ("audio", "text", "video")
 
 
-def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
     """SimCLR NT-Xent between paired views ``u`` and ``v`` (formula in the module docstring).
 
     Args:
         u, v: (B, d) tensors, B ≥ 1; row i of ``u`` is paired with row i of ``v``.
         temperature: τ > 0, a float or a 0-dim tensor (gradients flow to it when it requires grad).
+        valid: optional (B,) bool; only valid pairs are anchors and negatives, so the result equals
+            ``nt_xent(u[valid], v[valid])`` (0 when no pair is valid), computed without host sync.
 
     Returns:
         0-dim tensor, the mean of ℓ over the 2B anchors. For B = 1 the only denominator term is the
@@ -70,7 +78,16 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor)
     logits = logits.masked_fill(self_mask, float("-inf"))  # never the anchor itself
     idx = torch.arange(B, device=z.device)
     positives = torch.cat([idx + B, idx])  # u_i ↔ v_i
-    return F.cross_entropy(logits, positives)
+    if valid is None:
+        return F.cross_entropy(logits, positives)
+    if valid.shape != (B,):
+        raise ValueError(f"valid must have shape ({B},), got {tuple(valid.shape)}")
+    vv = torch.cat([valid, valid]).to(torch.bool)
+    logits = logits.masked_fill(~vv.unsqueeze(0), float("-inf"))  # invalid rows are never negatives
+    logits = logits.masked_fill(~vv.unsqueeze(1), 0.0)  # invalid anchors: finite, weighted out below
+    per = F.cross_entropy(logits, positives, reduction="none")
+    w = vv.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp_min(1.0)
 
 
 class LearnableTemperature(nn.Module):
@@ -114,11 +131,16 @@ class _TermsLoss(nn.Module):
             {name: LearnableTemperature(init_tau, min_tau, max_tau) for name in self.term_names}
         )
 
-    def _reduce(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _reduce(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean of the terms that have a valid pair (``valid`` None: every row valid)."""
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no term has all its modalities present")
-        values = {name: nt_xent(a, b, self.temperatures[name]()) for name, (a, b) in pairs.items()}
-        loss = torch.stack(list(values.values())).mean()
+        values = {name: nt_xent(a, b, self.temperatures[name](), valid) for name, (a, b, valid) in pairs.items()}
+        ref = next(iter(values.values()))
+        used = torch.stack([ref.new_tensor(1.0) if valid is None else valid.any().to(ref.dtype)
+                            for _, _, valid in pairs.values()])
+        loss = (torch.stack(list(values.values())) * used).sum() / used.sum().clamp_min(1.0)
         return loss, {name: float(val.detach()) for name, val in values.items()}
 
     def temperature_values(self) -> dict[str, float]:
@@ -142,21 +164,33 @@ class ModalityContrastiveLoss(_TermsLoss):
     term_names = ("audio_text", "audio_video", "text_video", "g_audio", "g_text", "g_video")
 
     def forward(
-        self, h: dict[str, torch.Tensor], g: dict[str, torch.Tensor] | None = None
+        self, h: dict[str, torch.Tensor], g: dict[str, torch.Tensor] | None = None,
+        present: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """h[m]: (B, d) embeddings; g[m]: (B, 2d) combinatorial projections. Returns (loss, terms)."""
+        """h[m]: (B, d) embeddings; g[m]: (B, 2d) combinatorial projections; present[m]: optional
+        (B,) bool per clip (see the module docstring). Returns (loss, terms)."""
         g = g or {}
         _check_embeddings("h", h)
         _check_embeddings("g", g)
-        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def valid(*ms: str) -> torch.Tensor | None:
+            if not present:
+                return None
+            out = None
+            for m in ms:
+                if m in present:
+                    out = present[m] if out is None else out & present[m]
+            return out
+
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         for i, a in enumerate(MODALITIES):
             for b in MODALITIES[i + 1 :]:
                 if a in h and b in h:
-                    pairs[f"{a}_{b}"] = (h[a], h[b])
+                    pairs[f"{a}_{b}"] = (h[a], h[b], valid(a, b))
         for m in MODALITIES:
             others = [o for o in MODALITIES if o != m]
             if m in g and m in h and all(o in h for o in others):
-                pairs[f"g_{m}"] = (g[m], torch.cat([h[o] for o in others], dim=1))
+                pairs[f"g_{m}"] = (g[m], torch.cat([h[o] for o in others], dim=1), valid(*MODALITIES))
         return self._reduce(pairs)
 
 
@@ -169,10 +203,13 @@ class NoiseContrastiveLoss(_TermsLoss):
     term_names = MODALITIES
 
     def forward(
-        self, h: dict[str, torch.Tensor], h_noisy: dict[str, torch.Tensor]
+        self, h: dict[str, torch.Tensor], h_noisy: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """h[m], h_noisy[m]: (B, d) clean and noisy-input embeddings. Returns (loss, terms)."""
+        """h[m], h_noisy[m]: (B, d) clean and noisy-input embeddings; present[m]: optional (B,) bool.
+        Returns (loss, terms)."""
         _check_embeddings("h", h)
         _check_embeddings("h_noisy", h_noisy)
-        pairs = {m: (h[m], h_noisy[m]) for m in MODALITIES if m in h and m in h_noisy}
+        present = present or {}
+        pairs = {m: (h[m], h_noisy[m], present.get(m)) for m in MODALITIES if m in h and m in h_noisy}
         return self._reduce(pairs)

@@ -12,6 +12,11 @@ Voting (``model.vote_mode``):
 
 Published weights: audio 0.7, text 0.3, video 0.4, fusion 0.7.
 
+Missing modalities: a clip's absent modality has ``h_m = 0`` (the fusion head sees zeros there), its
+head is left out of that clip's vote (weights renormalised over the heads present; the fusion head is
+always present) and out of the per-head loss, and its contrastive terms use only the clips that have
+the modalities involved (:mod:`semimer.models.losses`).
+
 Losses: ``L_cls = CE(log p, y) + mean_k CE(c_k, y)``; fine-tuning adds
 ``lambda_m L_modal + lambda_n L_noise`` (:mod:`semimer.models.losses`), where the noisy view runs the same
 encoder on ``x~_m = sqrt(abar_t) x_m + sqrt(1 - abar_t) eps`` (:mod:`semimer.models.noise`, one schedule
@@ -34,7 +39,7 @@ from torch import nn
 
 from semimer.models.losses import ModalityContrastiveLoss, NoiseContrastiveLoss
 from semimer.models import register_model
-from semimer.models.base import EmotionModel, drop_modalities, mlp_head, smoothed_nll
+from semimer.models.base import EmotionModel, drop_modalities, mlp_head, present_of, smoothed_nll
 from semimer.models.frame import frame_encoder_from_config
 from semimer.models.noise import scheduler_from_config
 from semimer.data.ragged import MASK_SUFFIX
@@ -98,23 +103,36 @@ class MRCCL(EmotionModel):
         return [*self.modalities, "fusion"]
 
     def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``h_m`` for standardised inputs."""
-        return {m: self.to_shared[m](self.encode(m, batch)) for m in self.modalities}
+        """``h_m`` for standardised inputs (zero for clips without modality ``m``)."""
+        return {m: self.to_shared[m](self.encode(m, batch)) * present_of(batch, m).unsqueeze(-1).to(batch[m].dtype)
+                for m in self.modalities}
 
-    def vote(self, head_logits: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Voted class probabilities ``(B, K)``."""
+    def head_presence(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(H, B)`` bool: which heads a clip has (its modalities' heads; the fusion head always)."""
+        pres = [present_of(x, m) for m in self.modalities]
+        return torch.stack([*pres, torch.ones_like(pres[0])])
+
+    def vote(self, head_logits: dict[str, torch.Tensor], heads_present: torch.Tensor | None = None) -> torch.Tensor:
+        """Voted class probabilities ``(B, K)``; ``heads_present`` ``(H, B)`` leaves absent heads out
+        (weights renormalised per clip; a clip whose weighted heads are all absent takes the fusion head)."""
         stacked = torch.stack([head_logits[k] for k in self.head_names])  # (H, B, K)
         w = self.vote_weights.to(stacked.dtype).view(-1, 1, 1)
+        if heads_present is not None:
+            w = w * heads_present.to(stacked.dtype).unsqueeze(-1)  # (H, B, 1)
+            fusion_only = torch.zeros_like(w)
+            fusion_only[-1] = 1.0
+            w = torch.where(w.sum(0, keepdim=True) > 0, w, fusion_only)
         if self.cfg.vote_mode == "logit":
             return torch.softmax((w * stacked).sum(0), dim=-1)
-        return (w * torch.softmax(stacked, dim=-1)).sum(0) / w.sum()
+        return (w * torch.softmax(stacked, dim=-1)).sum(0) / w.sum(0)
 
     def _forward_std(self, x: dict[str, torch.Tensor]) -> dict:
         h = self.embed(x)
         head_logits = {m: self.heads[m](h[m]) for m in self.modalities}
         head_logits["fusion"] = self.heads["fusion"](torch.cat([h[m] for m in self.modalities], dim=-1))
-        probs = self.vote(head_logits)
-        return {"h": h, "head_logits": head_logits, "probs": probs,
+        heads_present = self.head_presence(x)
+        probs = self.vote(head_logits, heads_present)
+        return {"h": h, "head_logits": head_logits, "heads_present": heads_present, "probs": probs,
                 "logits": torch.log(probs.clamp_min(1e-12))}
 
     def _noisy(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,13 +146,14 @@ class MRCCL(EmotionModel):
     def _contrastive(self, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor], use_modal: bool,
                      use_noise: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         terms, parts = {}, {}
+        present = {m: present_of(x, m) for m in self.modalities}
         if use_modal and len(self.modalities) > 1:
             g = {m: self.combinatorial[m](h[m]) for m in self.modalities}
-            terms["modal"], p = self.modal_loss(h, g)
+            terms["modal"], p = self.modal_loss(h, g, present)
             parts["modal"] = float(terms["modal"].detach())
         if use_noise:
             h_noisy = self.embed(self._noisy(x))
-            terms["noise"], p = self.noise_loss(h, h_noisy)
+            terms["noise"], p = self.noise_loss(h, h_noisy, present)
             parts["noise"] = float(terms["noise"].detach())
         return terms, parts
 
@@ -146,8 +165,13 @@ class MRCCL(EmotionModel):
         out = self._forward_std(x)
         eps = self.label_smoothing
         fused = smoothed_nll(out["logits"], y, eps, weight)
-        per_head = torch.stack([smoothed_nll(torch.log_softmax(out["head_logits"][k], dim=-1), y, eps, weight)
-                                for k in self.head_names]).mean()
+        # each head on the clips that have it (a unimodal head with no such clip in the batch adds nothing)
+        w = torch.ones_like(y, dtype=fused.dtype) if weight is None else weight.to(fused.dtype)
+        pres = out["heads_present"].to(fused.dtype)  # (H, B)
+        head_losses = torch.stack([smoothed_nll(torch.log_softmax(out["head_logits"][k], dim=-1), y, eps, w * pres[i])
+                                   for i, k in enumerate(self.head_names)])
+        used = (pres * w).sum(1).gt(0).to(fused.dtype)
+        per_head = (head_losses * used).sum() / used.sum().clamp_min(1.0)
         loss = fused + per_head
         parts = {"cls": float(loss.detach())}
         # contrastive terms pair modalities of the same clip: computed on the clips as they are
@@ -161,9 +185,10 @@ class MRCCL(EmotionModel):
         return loss, parts
 
     def contrastive_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """``L_modal + L_noise`` without labels (contrastive pre-training)."""
+        """``L_modal + L_noise`` without labels (contrastive pre-training); modality dropout
+        (``modality_dropout``, set by the pre-training loop) removes dropped modalities from the terms."""
         self.check_batch(batch)
-        x = self.standardizer(batch)
+        x = drop_modalities(self.standardizer(batch), self.modalities, self.modality_dropout)
         h = self.embed(x)
         terms, parts = self._contrastive(x, h, self.cfg.use_modal, self.cfg.use_noise)
         if not terms:

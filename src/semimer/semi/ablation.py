@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from semimer.config import load_config
-from semimer.data.layout import load_dataset
+from semimer.data.layout import load_configured
 from semimer.io import read_json, write_json, write_text
 from semimer.utils import log
 
@@ -106,7 +106,7 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
     variants = VARIANT_SETS[variant_set]
     out = Path(out)
     rows: dict[str, list[dict]] = {v.name: [] for v in variants}
-    data = None
+    loaded: dict[str, object] = {}  # data settings -> dataset (variants may differ in data.*, e.g. data.incomplete)
     for seed in seeds:
         summaries: dict[str, dict] = {}
         seen: dict[tuple, str] = {}
@@ -115,9 +115,11 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
                 continue
             ov = [f"data.root={data_root}", *overrides, *v.overrides, f"train.seed={seed}"]
             cfg = load_config(config_file, ov, preset=preset)
-            if data is None and not collect:
-                data = load_dataset(cfg.data.root, cfg.data.features(), cfg.data.classes, cfg.data.label_file,
-                                    cfg.data.candidate_file, cfg.data.prefer, group_column=cfg.data.group_column)
+            if not collect:
+                data_key = repr(cfg.data)
+                if data_key not in loaded:
+                    loaded[data_key] = load_configured(cfg.data)
+                data = loaded[data_key]
             key = tuple(ov)
             if key in seen:  # identical settings (e.g. the same variant in two sets)
                 summaries[v.name] = summaries[seen[key]]

@@ -18,6 +18,7 @@ A run folder holds::
 
     config.yaml          resolved configuration            run.json   the run's fingerprint
     folds.csv            name, discrete, fold (, group)
+    data.json            clips per split, class counts, clips without each modality per split
     metrics.json         see below
     oof.csv              OOF probabilities for every labeled clip (+ true label, fold)
     predictions.csv      name, discrete, prob_<class>... for every candidate clip (mean of the fold models)
@@ -106,6 +107,8 @@ def write_features_json(out: Path, data: MERData) -> None:
     write_json(out / "features.json", {m: {"feature": s.feature, "dim": s.dim, "level": s.level,
                                            "extractor": s.extractor_meta()} for m, s in data.stores.items()})
     write_json(out / "ensemble.json", {"members": [{"dir": ".", "weight": 1.0}], "classes": list(data.classes)})
+    # the data as used: clip counts per split, class counts, and clips without each modality per split
+    write_json(out / "data.json", {**data.summary(), "missing": data.missing, "notes": list(data.notes)})
 
 
 def run_cv(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None, init_state: dict | None = None,

@@ -54,8 +54,8 @@ def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int 
     """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad). Frame-level
     inputs are batched by length with at most ``max_frames`` padded frames per batch.
     ``agreement=True`` also returns, per clip, how many of the model's heads (``head_logits``:
-    MR-CCL's unimodal and fusion heads) predict the same class as its output (``None`` for a model
-    without heads)."""
+    MR-CCL's unimodal and fusion heads, those of the modalities the clip has) predict the same class
+    as its output (``None`` for a model without heads)."""
     model.eval()
     n = n_items(feats)
     out = np.zeros((n, model.num_classes), np.float32)
@@ -68,7 +68,10 @@ def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int 
         out[idx] = res["probs"].float().cpu().numpy()
         if agreement and "head_logits" in res:
             top = res["probs"].argmax(-1)
-            agree[idx] = sum((h.argmax(-1) == top).long() for h in res["head_logits"].values()).cpu().numpy()
+            votes = torch.stack([h.argmax(-1) == top for h in res["head_logits"].values()])  # (H, B)
+            if "heads_present" in res:  # a head of a modality the clip lacks does not agree
+                votes = votes & res["heads_present"]
+            agree[idx] = votes.long().sum(0).cpu().numpy()
         else:
             has_heads = False
     if agreement:

@@ -48,8 +48,9 @@ def pool_names(data: MERData, cfg: RunConfig) -> list[str]:
 
 
 def pretrain_fingerprint(data: MERData, cfg: RunConfig, names: list[str]) -> str:
+    extra = {"modality_dropout": cfg.train.modality_dropout} if cfg.train.modality_dropout else {}
     return run_state.fingerprint("pretrain", run_state.settings(cfg, "model", "noise", "pretrain"), cfg.train.seed,
-                                 {m: s.describe() for m, s in data.stores.items()}, names)
+                                 {m: s.describe() for m, s in data.stores.items()}, names, *([extra] if extra else []))
 
 
 def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.Tensor]:
@@ -72,6 +73,7 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
     sample = sorted(rng.choice(stats_from, size=min(STATS_SAMPLE, len(stats_from)), replace=False).tolist())
     model.standardizer.fit_stream(to_tensors(data.features(sample[i:i + CHUNK]), device, data.dims())
                                   for i in range(0, len(sample), CHUNK))
+    model.modality_dropout = float(cfg.train.modality_dropout)  # dropped modalities leave the contrastive terms
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     history, t0, clips = [], time.time(), 0
@@ -99,6 +101,7 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
         bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}")
         log.info("pre-train epoch %d/%d: %s", epoch + 1, pc.epochs, ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"))
     bar.close()
+    model.modality_dropout = 0.0
     seconds = time.time() - t0
     save_model(out, model, data.classes, cfg.model, extra={"stage": "pretrain", "noise_config": dataclasses.asdict(cfg.noise)})
     write_json(out / "pretrain.json", {"fingerprint": fp, "clips": len(names), "epochs": pc.epochs,
