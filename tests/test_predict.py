@@ -251,3 +251,45 @@ def test_frame_level_run_predicts_a_new_clip_by_re_extraction(trained, tmp_path,
     with torch.no_grad():
         folds = [load_model(run / f"fold_{k}")[0](batch)["probs"].numpy()[0] for k in range(2)]
     np.testing.assert_allclose(got, np.mean(folds, axis=0), atol=1e-5)
+
+
+def test_a_clip_missing_a_modality_is_predicted_from_the_others(trained, tmp_path, capsys):
+    """Stored features with a gap: the clip is predicted from what it has (the fold models given an
+    all-NaN row, i.e. attention renormalised over the present modalities), and the output says so;
+    a clip with none of the run's modalities is a failure, and predict_features refuses it."""
+    import shutil
+
+    import torch
+
+    from semimer.infer.predict import load_ensemble, predict_clips, predict_features
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    shutil.rmtree(data / "packed", ignore_errors=True)
+    (data / "features" / VIDEO / "c2.npy").unlink()
+    for f in trained["features"].values():
+        (data / "features" / f / "c5.npy").unlink()
+    missing: dict = {}
+    names, probs, failures = predict_clips(trained["run"], ["c2", "c5", "c1"], features_dir=data, device="cpu",
+                                           missing=missing)
+    assert names == ["c2", "c1"] and [n for n, _ in failures] == ["c5"] and "none of the run's" in failures[0][1]
+    assert set(missing) == {"c2"} and set(missing["c2"]) == {"video"} and VIDEO in missing["c2"]["video"]
+    feats = _stored(trained, ["c2"])
+    feats["video"][:] = np.nan
+    np.testing.assert_allclose(probs[0], _fold_average(trained["run"], feats)[0], atol=1e-6)
+    # attention over the present modalities: the fold models put no weight on the absent one
+    from semimer.models.checkpoint import load_model
+
+    model, _ = load_model(trained["run"] / "fold_0")
+    with torch.no_grad():
+        alpha = model({m: torch.as_tensor(x) for m, x in feats.items()})["attention"][0]
+    assert alpha[2].item() == 0.0 and alpha.sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="none of the run's modalities"):
+        predict_features(load_ensemble(trained["run"]), {m: np.full_like(x, np.nan) for m, x in feats.items()})
+    with pytest.raises(ValueError, match="NaN"):
+        bad = {m: x.copy() for m, x in _stored(trained, ["c2"]).items()}
+        bad["audio"][0, 0] = np.nan
+        predict_features(load_ensemble(trained["run"]), bad)
+    assert main(["predict", "c2", "--run", str(trained["run"]), "--features-dir", str(data), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["used"] == ["audio", "text"] and list(rec["missing"]) == ["video"]

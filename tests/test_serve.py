@@ -40,6 +40,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from semimer.cli import main  # noqa: E402
 from semimer.serve import create_app  # noqa: E402
+from semimer.infer.predict import predict_clips  # noqa: E402
 
 CLASSES = ["neutral", "happy"]
 TEXTS = ["i am happy", "i am sad", "hello world", "我今天很开心", "我很难过", "hello", "happy happy !", "sad ."]
@@ -163,8 +164,6 @@ def test_health_run_view_and_page(client, trained):
 
 
 def test_api_answers_the_probabilities_of_semimer_predict(client, trained, capsys):
-    from semimer.infer.predict import predict_clips
-
     clip = trained["videos"] / "c3.mp4"
     r = _post(client, clip)
     assert r.status_code == 200, r.text
@@ -227,12 +226,16 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(client, traine
         assert trained["root"].as_posix() not in r.text and "request-" not in r.text  # no server paths
         assert client.get("/api/health").json()["status"] == "ok"
 
-    r = _post(client, trained["wav"])  # audio only: the run needs video too
-    assert r.status_code == 422 and set(r.json()["missing"]) == {"video"}
-    assert "video" in r.json()["detail"] and "face-hog-UTT" in r.json()["detail"]
-    r = _post(client, trained["videos"] / "c1.mp4", transcript=None)  # the text feature needs a transcript
-    assert r.status_code == 422 and set(r.json()["missing"]) == {"text"}
-    assert "needs a transcript" in r.json()["detail"] and "transcript" in r.json()["detail"]
+    r = _post(client, trained["wav"])  # audio only: predicted from audio + text, video reported missing
+    assert r.status_code == 200 and set(r.json()["missing"]) == {"video"} and r.json()["used"] == ["audio", "text"]
+    assert "no video stream" in r.json()["missing"]["video"] and r.json()["modalities"]["video"]["status"] == "missing"
+    assert r.json()["modalities"]["video"]["weight"] == 0.0  # attention fusion: no weight on an absent modality
+    missing: dict = {}
+    names, probs, _ = predict_clips(trained["run"], [trained["wav"]], {"speech": TEXTS[3]}, "cpu", missing=missing)
+    assert missing == {"speech": {"video": r.json()["missing"]["video"]}}
+    np.testing.assert_allclose([r.json()["probs"][c] for c in CLASSES], probs[0], atol=1e-6)
+    r = _post(client, trained["videos"] / "c1.mp4", transcript=None)  # no transcript: predicted without text
+    assert r.status_code == 200 and set(r.json()["missing"]) == {"text"} and r.json()["transcript"] is None
     r = _post(client, trained["videos"] / "c1.mp4", transcript="x" * 10_001)
     assert r.status_code == 422 and "at most 10000" in r.json()["detail"]
     r = client.post("/api/predict", data={"transcript": "no file"})
@@ -368,8 +371,8 @@ def test_the_page_in_headless_chromium(server, trained, tmp_path):
         wait.until(lambda b: "recording." in b.find_element(By.ID, "file-label").text)
         browser.find_element(By.ID, "transcript").send_keys(TEXTS[0])  # Latin script: CI has no CJK font
         browser.find_element(By.ID, "submit").click()
-        wait.until(lambda b: "no video stream" in b.find_element(By.ID, "error").text)
-        assert browser.find_element(By.ID, "missing").text.startswith("video:")
+        wait.until(lambda b: "no video stream" in b.find_element(By.ID, "fusion-head").text)
+        assert "predicted from audio, text" in browser.find_element(By.ID, "fusion-head").text
 
         # a clip: the predicted emotion is read off the page
         browser.find_element(By.ID, "file").send_keys(str(trained["videos"] / "c0.mp4"))

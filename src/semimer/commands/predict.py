@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.run, read_run_features(args.run), transcripts, args.features_dir)
     ensemble = load_ensemble(args.run, device)
     try:
+        missing: dict[str, dict[str, str]] = {}
         names, probs, failures = predict_clips(args.run, entries, transcripts, device, ensemble=ensemble,
                                                features_dir=args.features_dir,
-                                               progress=not args.no_progress and not single)
+                                               progress=not args.no_progress and not single, missing=missing)
     except ImportError as exc:
         raise ValueError(str(exc)) from None
     classes = ensemble.classes
@@ -98,6 +99,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"semimer predict: {len(failures)} of {total} clip(s) could not be predicted", file=sys.stderr)
     if not names:
         return 1
+    if missing and not single:
+        by_mod: dict[str, int] = {}
+        for gaps in missing.values():
+            for m in gaps:
+                by_mod[m] = by_mod.get(m, 0) + 1
+        print(f"semimer predict: {len(missing)} clip(s) predicted from the modalities they have; missing: "
+              + ", ".join(f"{m} {k}" for m, k in by_mod.items()) + " (--json lists each)", file=sys.stderr)
 
     out = Path(args.out) if args.out else (None if single else Path(args.run) / "predict" / f"{label}.csv")
     if out is not None:
@@ -108,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("%d prediction(s) -> %s", len(names), out)
 
     records = [{"name": n, "emotion": classes[int(p.argmax())],
-                "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}} for n, p in zip(names, probs)]
+                "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+                "used": [m for m in ensemble.modalities if m not in missing.get(n, {})],
+                "missing": missing.get(n, {})} for n, p in zip(names, probs)]
     if args.json:
         print(json.dumps(records[0] if single else records, indent=2, ensure_ascii=False))
     elif single:
@@ -126,4 +136,7 @@ def format_table(record: dict) -> str:
     w = max(len(c) for c, _ in probs)
     lines = [f"{record['name']}: {record['emotion']}"]
     lines += [f"  {c:<{w}}  {p:6.4f}  {'#' * int(round(30 * p))}" for c, p in probs]
+    if record.get("missing"):
+        lines.append(f"  predicted from {', '.join(record['used'])}; missing: "
+                     + "; ".join(f"{m} ({why})" for m, why in record["missing"].items()))
     return "\n".join(lines)

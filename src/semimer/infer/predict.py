@@ -167,7 +167,11 @@ def predict_features(ensemble: Ensemble, feats: Mapping[str, Any], batch_size: i
     """``(N, K)`` probabilities: Σ_members w · mean over the member's folds of the fold model's
     probabilities. ``feats`` maps each of the run's modalities to raw features (the models
     standardise their inputs themselves): utterance level an ``(N, D)`` array (or one ``(D,)``
-    clip); frame level a list of ``N`` ``(T_i, D)`` arrays (or one ``(T, D)`` clip)."""
+    clip); frame level a list of ``N`` ``(T_i, D)`` arrays (or one ``(T, D)`` clip).
+
+    A clip may lack modalities (an all-NaN row, a ``(0, D)`` clip: :func:`missing_row`): it is
+    predicted from the ones it has, exactly as in training (fusion and votes over the modalities
+    present); a clip with none is an error."""
     from semimer.data.ragged import to_tensors
     from semimer.train.fit import predict_tensors
 
@@ -186,6 +190,11 @@ def predict_features(ensemble: Ensemble, feats: Mapping[str, Any], batch_size: i
     out = np.zeros((n or 0, K), dtype=np.float64)
     if not n:
         return out.astype(np.float32)
+    has = present(ensemble, arrays)
+    if not has.any(axis=1).all():
+        i = int(np.flatnonzero(~has.any(axis=1))[0])
+        raise ValueError(f"clip {i} has none of the run's modalities ({', '.join(ensemble.modalities)}): "
+                         f"nothing to predict from")
     tensors = to_tensors(arrays, ensemble.device, ensemble.dims)
     for models, w in ensemble.members:
         fold_mean = np.mean([predict_tensors(model, tensors, batch_size) for model in models], axis=0)
@@ -201,9 +210,9 @@ def _check_modality(m: str, f: Mapping[str, Any], x: Any):
             x = [x]
         clips = [np.asarray(c, dtype=np.float32) for c in x]
         for i, c in enumerate(clips):
-            if c.ndim != 2 or c.shape[1] != dim or len(c) == 0:
-                raise ValueError(f"{m} clip {i} has shape {c.shape}, expected (T, {dim}) with T >= 1 like "
-                                 f"frame-level feature {f['feature']!r} the run was trained on")
+            if c.ndim != 2 or c.shape[1] != dim:
+                raise ValueError(f"{m} clip {i} has shape {c.shape}, expected (T, {dim}) like "
+                                 f"frame-level feature {f['feature']!r} the run was trained on (T = 0: missing)")
         return clips
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
@@ -211,7 +220,31 @@ def _check_modality(m: str, f: Mapping[str, Any], x: Any):
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{m} features have shape {x.shape}, expected (N, {dim}) "
                          f"like feature {f['feature']!r} the run was trained on")
+    nan = np.isnan(x)
+    partial = nan.any(axis=1) & ~nan.all(axis=1)
+    if partial.any() or np.isinf(x).any():
+        i = int(np.flatnonzero(partial | np.isinf(x).any(axis=1))[0])
+        raise ValueError(f"{m} features of clip {i} contain NaN/Inf values (an all-NaN row means: modality missing)")
     return x
+
+
+def missing_row(f: Mapping[str, Any]) -> np.ndarray:
+    """The stand-in for a clip without this feature: an all-NaN ``(D,)`` row (utterance level) or
+    a ``(0, D)`` clip (frame level) — how a missing modality travels (:mod:`semimer.data.ragged`)."""
+    dim = int(f["dim"])
+    if f.get("level", "utt") == "frame":
+        return np.zeros((0, dim), np.float32)
+    return np.full(dim, np.nan, np.float32)
+
+
+def present(ensemble: Ensemble, arrays: Mapping[str, Any]) -> np.ndarray:
+    """``(N, M)`` bool: which clip has which of the run's modalities (checked arrays)."""
+    cols = []
+    for m, f in ensemble.features.items():
+        x = arrays[m]
+        cols.append(np.array([len(c) > 0 for c in x]) if f.get("level", "utt") == "frame"
+                    else ~np.isnan(x).all(axis=1))
+    return np.stack(cols, axis=1)
 
 
 def _stack(ensemble: Ensemble, rows: Mapping[str, list[np.ndarray]]) -> dict[str, Any]:
@@ -283,7 +316,8 @@ def _text_needs_source(features: Mapping[str, Mapping[str, Any]]) -> str | None:
 def predict_clips(run_dir: str | os.PathLike, paths: Sequence[Any], transcripts: Mapping[str, str] | None = None,
                   device: Any = "auto", *, features_dir: str | os.PathLike | None = None,
                   ensemble: Ensemble | None = None, progress: bool = False,
-                  on_clip: Callable[[str, str | None], None] | None = None
+                  on_clip: Callable[[str, str | None], None] | None = None,
+                  missing: dict[str, dict[str, str]] | None = None
                   ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """Predict clips with the run's ensemble.
 
@@ -292,6 +326,11 @@ def predict_clips(run_dir: str | os.PathLike, paths: Sequence[Any], transcripts:
     (``transcripts`` maps clip name -> text for text features; without it a text feature uses the
     ASR model recorded at extraction, if any). With ``features_dir`` the features are read by clip
     name from that data root's stores instead (the files need not exist).
+
+    A clip that lacks some of the run's modalities (an audio file has no video, no face was found,
+    no transcript for it in ``transcripts``, no stored feature) is predicted from the ones it has,
+    as in training; pass a dict as ``missing`` to receive ``{name: {modality: reason}}`` for them.
+    A clip with none of them is a failure.
 
     Returns ``(names, probs (n, K), failures)``: names and probability rows of the clips that could
     be predicted, in input order, and ``(name, reason)`` for the others. Set-up problems (a missing
@@ -311,16 +350,20 @@ def predict_clips(run_dir: str | os.PathLike, paths: Sequence[Any], transcripts:
         ensemble = load_ensemble(run, device)
     else:
         device = ensemble.device
+    gaps: dict[str, dict[str, str]] = {}
     if features_dir is not None:
-        feats, ok, failures = _read_stored(ensemble, entries, features_dir)
+        feats, ok, failures = _read_stored(ensemble, entries, features_dir, gaps)
     else:
-        feats, ok, failures = _reextract(ensemble, entries, transcripts, device, progress, on_clip)
+        feats, ok, failures = _reextract(ensemble, entries, transcripts, device, progress, on_clip, gaps)
+    if missing is not None:
+        missing.update(gaps)
     names = [entries[i][0] for i in ok]
     probs = predict_features(ensemble, feats) if ok else np.zeros((0, len(ensemble.classes)), np.float32)
     return names, probs, failures
 
 
-def _read_stored(ensemble: Ensemble, entries: list[tuple[str, Path]], features_dir: str | os.PathLike):
+def _read_stored(ensemble: Ensemble, entries: list[tuple[str, Path]], features_dir: str | os.PathLike,
+                 gaps: dict[str, dict[str, str]]):
     from semimer.data.store import open_store
 
     root = Path(features_dir)
@@ -335,22 +378,29 @@ def _read_stored(ensemble: Ensemble, entries: list[tuple[str, Path]], features_d
         stores[m] = s
     ok, failures, rows = [], [], {m: [] for m in stores}
     for i, (name, _) in enumerate(entries):
+        absent = {m: f"no '{s.feature}' feature in {s.path}" for m, s in stores.items() if name not in s}
+        if len(absent) == len(stores):
+            failures.append((name, f"none of the run's features is stored for clip {name!r}: " + "; ".join(absent.values())))
+            continue
         try:
-            arrays = {m: s.get(name) for m, s in stores.items()}
+            arrays = {m: s.get(name) if m not in absent else missing_row(ensemble.features[m]) for m, s in stores.items()}
         except (KeyError, ValueError) as exc:
             failures.append((name, str(exc.args[0]) if exc.args else str(exc)))
             continue
         ok.append(i)
+        if absent:
+            gaps[name] = absent
         for m, a in arrays.items():
             rows[m].append(a)
     return _stack(ensemble, rows), ok, failures
 
 
 def _reextract(ensemble: Ensemble, entries: list[tuple[str, Path]], transcripts: Mapping[str, str] | None,
-               device: Any, progress: bool, on_clip: Callable | None):
-    from semimer.extract import extract_clip_features
+               device: Any, progress: bool, on_clip: Callable | None, gaps: dict[str, dict[str, str]]):
+    from semimer.extract import extract_clip_features_partial
 
     needs_text = _text_needs_source(ensemble.features)
+    text_modality = next((m for m, f in ensemble.features.items() if f["feature"] == needs_text), None)
     metas = [f["extractor"] for f in ensemble.features.values()]
     by_feature = {f["extractor"].get("feature") or f["feature"]: m for m, f in ensemble.features.items()}
     rows: dict[str, list[np.ndarray]] = {m: [] for m in ensemble.features}
@@ -367,13 +417,11 @@ def _reextract(ensemble: Ensemble, entries: list[tuple[str, Path]], transcripts:
             reason = None
             if not path.is_file():
                 reason = f"file {path} not found"
-            elif needs_text and name not in transcripts:
-                reason = "no transcript for this clip in --transcripts"
             else:
                 text = transcripts.get(name) if transcripts is not None else None
                 try:
-                    got = extract_clip_features(path, metas, transcript=text, device=device,
-                                                base_dir=ensemble.run_dir, on_error="raise")
+                    got, lacks = extract_clip_features_partial(path, metas, transcript=text, device=device,
+                                                               base_dir=ensemble.run_dir)
                 except ImportError as exc:  # an optional package the run's extractor needs
                     raise ValueError(str(exc)) from None
                 except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -390,9 +438,18 @@ def _reextract(ensemble: Ensemble, entries: list[tuple[str, Path]], transcripts:
                     reason = f"unexpected {type(exc).__name__}: {exc}"
                 else:
                     any_success = True
-                    ok.append(i)
-                    for feat, arr in got.items():
-                        rows[by_feature[feat]].append(arr)
+                    absent = {by_feature[feat]: why for feat, why in lacks.items()}
+                    if text_modality is not None and text is None and text_modality in absent:
+                        absent[text_modality] = "no transcript for this clip in --transcripts"
+                    if len(absent) == len(ensemble.features):
+                        reason = "none of the run's modalities: " + "; ".join(f"{m}: {r}" for m, r in absent.items())
+                    else:
+                        ok.append(i)
+                        if absent:
+                            gaps[name] = absent
+                        for m, f in ensemble.features.items():
+                            feat = f["extractor"].get("feature") or f["feature"]
+                            rows[m].append(missing_row(f) if m in absent else got[feat])
             if reason is not None:
                 failures.append((name, reason))
             if on_clip is not None:
@@ -430,10 +487,12 @@ class ClipExplanation:
     members: list[dict[str, Any]]  # per ensemble member: dir, model, weight, folds, probs
     transcript: str | None  # given to the text extractor (None: no text feature, or none given: ASR)
     seconds: dict[str, float] = field(default_factory=dict)  # extract_<modality>, predict
+    missing: dict[str, str] = field(default_factory=dict)  # modality -> why the clip lacks it (predicted without)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "discrete": self.classes[int(np.argmax(self.probs))],
                 "probs": _by_class(self.classes, self.probs), "modalities": self.modalities,
+                "missing": dict(self.missing), "used": [m for m in self.modalities if m not in self.missing],
                 "fusion_head": self.fusion_head, "members": self.members, "transcript": self.transcript,
                 "seconds": dict(self.seconds)}
 
@@ -453,13 +512,15 @@ def explain_clip(ensemble: Ensemble, path: str | os.PathLike, transcript: str | 
     modality, MR-CCL's per-head probabilities and vote weights. Per modality, those of the members
     that have them are combined with the ensemble weights (renormalised over those members).
 
-    Raises :class:`UnpredictableClip` when a modality cannot be extracted (the reasons in
-    ``missing``); set-up problems (features not made by ``semimer extract``, a checkpoint that is
+    A modality the clip lacks (no stream, no face, no transcript) is left out, as in
+    :func:`predict_clips` (``missing``: modality -> reason). Raises :class:`UnpredictableClip` when
+    the clip has none of the run's modalities (the reasons in ``missing``); a damaged file raises
+    ValueError naming it; set-up problems (features not made by ``semimer extract``, a checkpoint that is
     gone) raise ValueError / FileNotFoundError as in :func:`predict_clips`.
     """
     import time
 
-    from semimer.extract import extract_clip_features
+    from semimer.extract import extract_clip_features_partial
 
     path = Path(path)
     name = name or path.stem
@@ -467,32 +528,34 @@ def explain_clip(ensemble: Ensemble, path: str | os.PathLike, transcript: str | 
     seconds: dict[str, float] = {}
     feats: dict[str, np.ndarray] = {}
     missing: dict[str, str] = {}
-    prefix = f"{path}: "
     for m, f in ensemble.features.items():
         t0 = time.perf_counter()
         try:
-            got = extract_clip_features(path, [f["extractor"]], transcript=transcript, device=ensemble.device,
-                                        base_dir=ensemble.run_dir, on_error="raise")
+            got, lacks = extract_clip_features_partial(path, [f["extractor"]], transcript=transcript,
+                                                       device=ensemble.device, base_dir=ensemble.run_dir)
         except ImportError as exc:  # an optional package the run's extractor needs
             raise ValueError(str(exc)) from None
-        except (ValueError, FileNotFoundError, KeyError) as exc:
-            if not str(exc).startswith(prefix):  # a set-up problem, not this clip's
+        except ValueError as exc:  # a damaged stream is this clip's problem, for this modality
+            head = f"{path}: cannot extract feature {f['feature']}: "
+            if not str(exc).startswith(f"{path}: "):
                 raise
-            reason = str(exc)[len(prefix):]
-            head = f"cannot extract feature {f['feature']}: "
-            missing[m] = reason[len(head):] if reason.startswith(head) else reason
+            got, lacks = {}, {f["feature"]: str(exc)[len(head):] if str(exc).startswith(head) else str(exc)[len(f"{path}: "):]}
+        if lacks:
+            missing[m] = next(iter(lacks.values()))
+            feats[m] = missing_row(f)
         else:
             feats[m] = next(iter(got.values()))
         seconds[f"extract_{m}"] = round(time.perf_counter() - t0, 4)
-    if missing:
+    if len(missing) == len(ensemble.features):
         uses = ", ".join(f"{m} ({f['feature']})" for m, f in ensemble.features.items())
         raise UnpredictableClip(f"cannot predict {name}: " + "; ".join(f"{m}: {r}" for m, r in missing.items())
-                                + f". The run needs {uses}", missing)
+                                + f". The run needs at least one of {uses}", missing)
     t0 = time.perf_counter()
     probs = predict_features(ensemble, feats)[0]
     members = _member_outputs(ensemble, feats)
     seconds["predict"] = round(time.perf_counter() - t0, 4)
     modalities = {m: {"feature": f["feature"], "extractor": (f.get("extractor") or {}).get("extractor"),
+                      "status": "missing" if m in missing else "present", "reason": missing.get(m),
                       "seconds": seconds[f"extract_{m}"],
                       "weight": _combine(members, "fusion_weights", m),
                       "probs": _combine(members, "heads", m, ensemble.classes),
@@ -504,7 +567,8 @@ def explain_clip(ensemble: Ensemble, path: str | os.PathLike, transcript: str | 
     text = transcript if any((f.get("extractor") or {}).get("modality") == "text"
                              for f in ensemble.features.values()) else None
     return ClipExplanation(name=name, classes=list(ensemble.classes), probs=probs, modalities=modalities,
-                           fusion_head=fusion_head, members=members, transcript=text, seconds=seconds)
+                           fusion_head=fusion_head, members=members, transcript=text, seconds=seconds,
+                           missing=missing)
 
 
 def _member_outputs(ensemble: Ensemble, feats: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -530,11 +594,14 @@ def _member_outputs(ensemble: Ensemble, feats: Mapping[str, Any]) -> list[dict[s
             alpha = np.mean([r["attention"][0].float().cpu().numpy() for r in res], axis=0)
             rec["fusion_weights"] = {m: float(a) for m, a in zip(models[0].modalities, alpha)}
         if "head_logits" in res[0]:  # MR-CCL: unimodal heads + fusion head, voted
+            on = dict(zip(models[0].head_names, res[0]["heads_present"][:, 0].tolist())) if "heads_present" in res[0] else {}
             heads = {k: np.mean([torch.softmax(r["head_logits"][k][0].float(), -1).cpu().numpy() for r in res], axis=0)
-                     for k in res[0]["head_logits"]}
+                     for k in res[0]["head_logits"] if on.get(k, True)}  # a head of a missing modality did not vote
             rec["heads"] = {k: _by_class(classes, p) for k, p in heads.items()}
-            vw = models[0].vote_weights.float().cpu().numpy()
-            rec["vote_weights"] = {k: float(v / vw.sum()) for k, v in zip(models[0].head_names, vw)}
+            vw = {k: float(v) for k, v in zip(models[0].head_names, models[0].vote_weights.float().cpu().numpy())
+                  if k in heads}  # renormalised over the heads that voted for this clip
+            total = sum(vw.values())  # 0: the model falls back to the fusion head alone
+            rec["vote_weights"] = {k: v / total for k, v in vw.items()} if total > 0 else {"fusion": 1.0}
         out.append(rec)
     return out
 

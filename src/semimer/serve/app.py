@@ -10,11 +10,13 @@ Routes::
     GET  /api/run/files/<name>    one of the run's plots or report.md (only those)
     POST /api/predict             multipart: file (a video or audio file), transcript (optional)
                                   -> {"name", "discrete", "probs": {class: p}, "modalities": {...},
+                                      "missing": {modality: reason}, "used": [modality, ...],
                                       "fusion_head", "members", "transcript", "faces", "streams",
                                       "seconds": {stage: s, "total": s}}
 
-Errors answer ``{"detail": message}`` (a 422 for a clip that lacks a modality adds ``"missing":
-{modality: reason}``): 413 too large, 415 not a media type, 422 empty / unreadable / too long / not
+A clip lacking some of the run's modalities is predicted from the others (``"missing": {modality:
+reason}``, ``"used"``, and ``modalities[m]["status"]`` say so). Errors answer ``{"detail": message}``
+(a 422 for a clip with none of the run's modalities adds ``"missing": {modality: reason}``): 413 too large, 415 not a media type, 422 empty / unreadable / too long / not
 predictable, 500 a server-side problem (also logged). Any of them leaves the server serving.
 
 Safety: the run's models are loaded once; one prediction runs at a time (:data:`PREDICT_LOCK`),

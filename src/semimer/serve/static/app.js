@@ -113,17 +113,21 @@ function showResult(r) {
   if (has("vote_weight")) header.push("vote weight");
   header.push("extraction (s)");
   fillTable($("modalities"), header, mods.map(([m, v]) => {
-    const row = [m, `${v.feature} (${v.extractor})`, "present"];
+    const row = [m, `${v.feature} (${v.extractor})`, v.status === "missing" ? `missing: ${v.reason}` : "present"];
     if (has("weight")) row.push(fixed(v.weight));
     if (has("probs")) row.push(v.probs ? `${best(v.probs)[0]} ${fixed(best(v.probs)[1])}` : "–");
     if (has("vote_weight")) row.push(fixed(v.vote_weight));
     row.push(fixed(v.seconds, 2));
     return row;
   }));
+  const gaps = Object.entries(r.missing || {});
+  const gapText = gaps.length
+    ? `Missing modalities (predicted from ${r.used.join(", ")}): ${gaps.map(([m, why]) => `${m} (${why})`).join("; ")}.`
+    : "Missing modalities: none.";
   $("fusion-head").textContent = r.fusion_head
     ? `Fusion head: ${best(r.fusion_head.probs)[0]} ${fixed(best(r.fusion_head.probs)[1])}` +
-      ` (vote weight ${fixed(r.fusion_head.vote_weight)}). Missing modalities: none.`
-    : "Missing modalities: none.";
+      ` (vote weight ${fixed(r.fusion_head.vote_weight)}). ${gapText}`
+    : gapText;
   fillTable($("members"), ["member", "model", "weight", "folds", "prediction"], r.members.map((m) =>
     [m.dir, m.model, fixed(m.weight), m.folds, `${best(m.probs)[0]} ${fixed(best(m.probs)[1])}`]));
 
