@@ -136,3 +136,34 @@ def tiny_clip_vision(folder: str | os.PathLike) -> Path:
     CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return Path(folder)
+
+
+TINY_RUN_AUDIO, TINY_RUN_VIDEO = "logmel32-UTT", "face-hog-UTT"
+
+
+def tiny_media_run(root: Path, texts: list[str], classes: list[str]) -> dict:
+    """A trained attention run on ``len(texts)`` generated clips with offline extractors (log-mel
+    audio, HOG faces, a tiny BERT on ``texts``), labels cycling through ``classes``, 2 folds: what
+    `semimer predict` and `semimer serve` tests start from. Returns the paths and feature names."""
+    from semimer.cli import main
+
+    videos = root / "videos"
+    videos.mkdir()
+    for i in range(len(texts)):
+        make_clip(videos / f"c{i}.mp4", seconds=1.0, fps=4, size=160, tone=200 + 90 * i)
+    bert = tiny_bert(root / "bert", layers=2)
+    transcripts = root / "transcripts.csv"
+    transcripts.write_text("name,chinese\n" + "".join(f"c{i},{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    data = root / "data"
+    assert main(["extract", str(videos), "--out", str(data), "--audio", "logmel:n_mels=32", "--video", "face-hog",
+                 "--text", f"hf-text:model={bert}", "--transcripts", str(transcripts), "--fps", "2",
+                 "--no-progress"]) == 0
+    text = f"hf-text-{bert.name}-UTT"
+    (data / "labels.csv").write_text("name,discrete\n" + "".join(f"c{i},{classes[i % len(classes)]}\n"
+                                                                 for i in range(len(texts))))
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--audio", TINY_RUN_AUDIO, "--text", text, "--video", TINY_RUN_VIDEO,
+                 "--out", str(run), f"data.classes=[{','.join(classes)}]", "train.epochs=2", "train.folds=2",
+                 "train.progress=false", "model.hidden=16", "model.head_hidden=8"]) == 0
+    return {"root": root, "videos": videos, "data": data, "run": run, "transcripts": transcripts, "text": text,
+            "features": {"audio": TINY_RUN_AUDIO, "text": text, "video": TINY_RUN_VIDEO}}

@@ -19,38 +19,18 @@ pytest.importorskip("cv2")
 pytest.importorskip("transformers")
 pytest.importorskip("skimage")
 
-from conftest_media import make_clip, make_corrupt, tiny_bert  # noqa: E402
+from conftest_media import TINY_RUN_AUDIO as AUDIO, TINY_RUN_VIDEO as VIDEO, make_corrupt, tiny_media_run  # noqa: E402
 
 from semimer.cli import main  # noqa: E402
 from semimer.io import read_csv, read_json, write_json  # noqa: E402
 
 CLASSES = ["neutral", "happy"]
 TEXTS = ["i am happy", "i am sad", "hello world", "我今天很开心", "我很难过", "hello", "happy happy !", "sad ."]
-AUDIO, VIDEO = "logmel32-UTT", "face-hog-UTT"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    videos = root / "videos"
-    videos.mkdir()
-    for i in range(8):
-        make_clip(videos / f"c{i}.mp4", seconds=1.0, fps=4, size=160, tone=200 + 90 * i)
-    bert = tiny_bert(root / "bert", layers=2)
-    transcripts = root / "transcripts.csv"
-    transcripts.write_text("name,chinese\n" + "".join(f"c{i},{t}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
-    data = root / "data"
-    assert main(["extract", str(videos), "--out", str(data), "--audio", "logmel:n_mels=32", "--video", "face-hog",
-                 "--text", f"hf-text:model={bert}", "--transcripts", str(transcripts), "--fps", "2",
-                 "--no-progress"]) == 0
-    text = f"hf-text-{bert.name}-UTT"
-    (data / "labels.csv").write_text("name,discrete\n" + "".join(f"c{i},{CLASSES[i % 2]}\n" for i in range(8)))
-    run = root / "run"
-    assert main(["train", "--data", str(data), "--audio", AUDIO, "--text", text, "--video", VIDEO,
-                 "--out", str(run), f"data.classes=[{','.join(CLASSES)}]", "train.epochs=2", "train.folds=2",
-                 "train.progress=false", "model.hidden=16", "model.head_hidden=8"]) == 0
-    return {"root": root, "videos": videos, "data": data, "run": run, "transcripts": transcripts,
-            "features": {"audio": AUDIO, "text": text, "video": VIDEO}}
+    return tiny_media_run(tmp_path_factory.mktemp("predict"), TEXTS, CLASSES)
 
 
 def _stored(t, names):
