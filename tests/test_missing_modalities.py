@@ -141,7 +141,7 @@ def test_a_modality_missing_for_every_clip_gives_finite_losses_and_gradients(nam
         return
     loss, parts = model.loss(b, y)
     loss.backward()
-    assert torch.isfinite(loss) and all(np.isfinite(v) for v in parts.values())
+    assert torch.isfinite(loss) and all(torch.isfinite(torch.as_tensor(v)).all() for v in parts.values())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     if name == "mrccl":
         model.zero_grad()

@@ -78,7 +78,8 @@ def test_fine_tuning_loss_includes_modal_and_noise_terms():
     torch.manual_seed(3)
     loss, parts = model.loss(x, y)
     assert set(parts) == {"cls", "modal", "noise"}
-    torch.testing.assert_close(loss.detach(), torch.tensor(parts["cls"] + 0.5 * parts["modal"] + 2.0 * parts["noise"]),
+    torch.testing.assert_close(loss.detach(), torch.tensor(float(parts["cls"]) + 0.5 * float(parts["modal"])
+                                                           + 2.0 * float(parts["noise"])),
                                rtol=1e-5, atol=1e-5)
     # the modal term equals the mean of the six NT-Xent terms computed here from h and g
     xs = model.standardizer(x)
@@ -147,10 +148,12 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     from semimer.data.synth import generate
 
     ds = generate(tmp_path / "syn", "tiny", 0, fmt="packed")
+    # chunks sized in bytes: 100 clips of 24 + 32 + 16 float32 features
+    chunk_mb = 100 * (24 + 32 + 16) * 4 / 2**20
     cfg = load_config(None, [f"data.root={ds}", "model.name=mrccl", "model.hidden=16", "pretrain.enabled=true",
-                             "pretrain.epochs=2", "pretrain.batch_size=64", "train.progress=false"])
+                             "pretrain.epochs=2", "pretrain.batch_size=64", "train.progress=false",
+                             "pretrain.pool=stream", f"pretrain.chunk_mb={chunk_mb}"])
     data = load_dataset(ds, cfg.data.features())
-    monkeypatch.setattr(pt, "CHUNK", 100)
     seen = []
     orig = data.features
 
@@ -184,6 +187,18 @@ def test_pretrain_streams_saves_and_is_reused(tmp_path, monkeypatch):
     res = run_cv(data, cfg2, tmp_path / "ft", init_state=state)
     w = res.models[0].encoders["audio"].inp[0].weight.detach()
     assert torch.allclose(w, state["encoders.audio.inp.0.weight"], atol=1e-6)
+
+    # the pool in RAM (pretrain.pool=auto: 200 KB fit): read once, and the very same training
+    monkeypatch.setattr(data, "features", spy)
+    seen.clear()
+    cfg_mem = load_config(None, [f"data.root={ds}", "model.name=mrccl", "model.hidden=16", "pretrain.enabled=true",
+                                 "pretrain.epochs=2", "pretrain.batch_size=64", "train.progress=false",
+                                 f"pretrain.chunk_mb={chunk_mb}"])
+    in_ram = pt.pretrain(data, cfg_mem, tmp_path / "mem")
+    assert sum(seen) == pool and max(seen) <= 100, "loaded once, in byte-sized pieces"
+    assert __import__("json").loads((tmp_path / "mem/pretrain.json").read_text())["pool"] == "memory"
+    for k in state:
+        torch.testing.assert_close(in_ram[k], state[k], rtol=0, atol=0)
 
 
 def test_streamed_standardizer_matches_numpy():

@@ -125,7 +125,14 @@ class TrainConfig:
     eval_batch_size: int = 1024
     tensorboard: bool = False
     progress: bool = True
-    threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+    # torch intra-op threads: auto (1 for small steps or busy cores, else the free cores; measured in
+    # benchmarks/threads.py) | 0 (torch's default: every core) | n
+    threads: str = "auto"
+    # autocast dtype: auto (bf16 on a CUDA GPU that supports it, else fp32) | bf16 | fp16 (CUDA, with
+    # a gradient scaler) | fp32. Changes results slightly: a resolved bf16/fp16 is part of run fingerprints
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model's training step (speed only; first steps compile)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (+ cuBLAS workspace setting on CUDA)
     # frame-level features of the training set: memory (RAM) | store (read per batch) | auto (RAM up to 4 GiB)
     frame_cache: str = "auto"
     # regularisation for scarce labels (all off by default; see README "Regularisation")
@@ -144,6 +151,12 @@ class PretrainConfig:
     max_clips: int = 0  # 0 = whole unlabeled + labeled pool
     include_candidates: bool = True  # test clips are unlabeled: using them without labels is legitimate
     finetune_lr_scale: float = 1.0  # fine-tuning from pre-trained weights uses train.lr × this
+    # where the pool's features live during pre-training: auto (in RAM when they fit in memory_mb) |
+    # memory | stream (read per chunk of chunk_mb from the feature stores each epoch). Speed and
+    # memory only: the batches are the same either way
+    pool: str = "auto"
+    memory_mb: int = 2048  # pool=auto: the most RAM the pool may take (also capped by half the free RAM)
+    chunk_mb: float = 256.0  # streamed pool: megabytes of features read (and moved to the device) per chunk
 
 
 @dataclass
@@ -329,6 +342,7 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
     if m.frame_layers < 1 or not 0 <= m.prune_from_layer <= m.frame_layers:
         raise ValueError(f"model.prune_from_layer must be in [0, model.frame_layers={m.frame_layers}], "
                          f"got {m.prune_from_layer}")
+    check_speed_settings(cfg)
     if cfg.train.frame_cache not in ("auto", "memory", "store"):
         raise ValueError(f"train.frame_cache must be auto, memory or store, got {cfg.train.frame_cache!r}")
     bad = set(m.prune_modalities) - {"audio", "text", "video"}
@@ -355,6 +369,26 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
                          f"{st.topk_fraction}, {st.min_confidence}")
     if not cfg.pretrain.finetune_lr_scale > 0:
         raise ValueError(f"pretrain.finetune_lr_scale must be > 0, got {cfg.pretrain.finetune_lr_scale}")
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+POOL_MODES = ("auto", "memory", "stream")
+
+
+def check_speed_settings(cfg: RunConfig) -> None:
+    """``train.threads``, ``train.precision``, ``pretrain.pool`` / ``memory_mb`` / ``chunk_mb``."""
+    threads = str(cfg.train.threads).strip().lower()
+    if threads != "auto" and not (threads.isdigit()):
+        raise ValueError(f"train.threads must be auto, 0 (torch's default) or a positive integer, got {cfg.train.threads!r}")
+    if str(cfg.train.precision).lower() not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
+    pc = cfg.pretrain
+    if pc.pool not in POOL_MODES:
+        raise ValueError(f"pretrain.pool must be one of {', '.join(POOL_MODES)}, got {pc.pool!r}")
+    if pc.memory_mb < 0:
+        raise ValueError(f"pretrain.memory_mb must be >= 0, got {pc.memory_mb}")
+    if not pc.chunk_mb > 0:
+        raise ValueError(f"pretrain.chunk_mb must be > 0, got {pc.chunk_mb}")
 
 
 def _check_dicts(cfg: RunConfig) -> None:

@@ -28,7 +28,10 @@ def run(args) -> int:
     check_model_names(load_config(args.config, args.overrides, preset=args.preset), list_models())
     res = run_ablation(args.data, args.out, seeds, args.variant_set, args.overrides, args.test_labels, args.config,
                        preset=args.preset, overwrite=args.overwrite, collect=args.collect)
-    print()
-    print(format_table(res["table"], len(seeds)))
-    print(f"\n-> {args.out}/ablation.md, ablation.json")
+    from semimer.train import distributed
+
+    if distributed.is_lead():  # under torchrun every rank holds the table; one prints it
+        print()
+        print(format_table(res["table"], len(seeds)))
+        print(f"\n-> {args.out}/ablation.md, ablation.json")
     return 0

@@ -23,6 +23,10 @@ def run(args) -> int:
     # the folder is not claimed as a run: pre-training is keyed by its own fingerprint (recomputed
     # when its settings change), so a later `train`/`recipe` with the same --out can reuse it
     pretrain_for_run(data, cfg, args.out, claim=False)
+    from semimer.train import distributed
+
+    if not distributed.is_lead():  # under torchrun: rank 0 reports
+        return 0
     info = read_json(Path(args.out) / "pretrain" / "pretrain.json")
     print(f"pre-trained on {info['clips']} clips x {info['epochs']} epochs in {info['seconds']} s "
           f"({info['clips_per_s']} clips/s) -> {Path(args.out) / 'pretrain'}")

@@ -21,6 +21,10 @@ def run(args) -> int:
     cfg = config_from_args(args)
     data = load_data(cfg)
     s = run_recipe(data, cfg, args.out, args.test_labels, overwrite=args.overwrite)
+    from semimer.train import distributed
+
+    if not distributed.is_lead():  # under torchrun: rank 0 reports
+        return 0
     f = s["final"]
     test = f" | test WAF {100 * f['test']['waf']:.2f}" if f.get("test") else ""
     print(f"final: CV WAF {fmt(f['cv_waf'])} | OOF WAF {100 * f['oof_waf']:.2f}{test}  (out of sample; {f['what']})")

@@ -25,6 +25,10 @@ def run(args) -> int:
     else:
         init = None
     res = run_cv(data, cfg, args.out, init_state=init, overwrite=args.overwrite)
+    from semimer.train import distributed
+
+    if not distributed.is_lead():  # under torchrun: rank 0 reports
+        return 0
     m = res.metrics
     print(f"CV WAF {fmt(m['cv']['waf'])}  accuracy {fmt(m['cv']['accuracy'])}  macro-F1 {fmt(m['cv']['macro_f1'])}"
           f"  ({cfg.train.folds} folds, model {cfg.model.name}) -> {args.out}")

@@ -37,12 +37,16 @@ PRESENT_SUFFIX = "_present"
 
 
 class Ragged:
-    """``N`` clips of shape ``(T_i, D)`` as ``flat`` ``(sum T_i, D)`` + ``offsets`` ``(N + 1,)``."""
+    """``N`` clips of shape ``(T_i, D)`` as ``flat`` ``(sum T_i, D)`` + ``offsets`` ``(N + 1,)``.
+
+    ``flat`` lives on the training device; ``offsets`` always stay on the CPU (they are small), so
+    selecting clips and padding a batch never wait for the device (no host synchronisation): the
+    row indices are computed on the CPU and sent along with the work."""
 
     def __init__(self, flat: torch.Tensor, offsets: torch.Tensor):
         if flat.dim() != 2:
             raise ValueError(f"Ragged.flat must be (rows, D), got {tuple(flat.shape)}")
-        offsets = offsets.to(device=flat.device, dtype=torch.long)
+        offsets = torch.as_tensor(offsets).to(device="cpu", dtype=torch.long)
         if offsets.dim() != 1 or len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(flat):
             raise ValueError("Ragged.offsets must start at 0 and end at the number of rows")
         self.flat = flat
@@ -57,9 +61,9 @@ class Ragged:
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)  # 0 = modality missing for that clip
         dim = arrays[0].shape[-1] if dim is None else dim
         arrays = [a if len(a) else np.zeros((0, dim), np.float32) for a in arrays]
-        flat = torch.as_tensor(np.concatenate(arrays, axis=0), dtype=torch.float32, device=device)
+        flat = torch.as_tensor(np.concatenate(arrays, axis=0), dtype=torch.float32)
         offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long)
-        return cls(flat, offsets)
+        return cls(_to_device(flat, device), offsets)
 
     # -- shape --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -75,29 +79,38 @@ class Ragged:
 
     @property
     def lengths(self) -> torch.Tensor:
+        """Frames per clip (CPU)."""
         return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
 
     def __repr__(self) -> str:
         return f"Ragged(n={len(self)}, dim={self.dim}, frames={len(self.flat)})"
 
     def to(self, device) -> "Ragged":
-        return Ragged(self.flat.to(device), self.offsets.to(device))
+        return Ragged(_to_device(self.flat, device), self.offsets)
 
     # -- selection ----------------------------------------------------------------------------
+    def _rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For clips ``idx`` (CPU): their new offsets, and per row of the selection its clip (in
+        the selection) and its source row in ``flat``; all on the CPU."""
+        lengths = self.lengths[idx]
+        new_offsets = torch.zeros(len(idx) + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=new_offsets[1:])
+        total = int(new_offsets[-1])  # a CPU tensor: no device synchronisation
+        clip = torch.repeat_interleave(torch.arange(len(idx)), lengths, output_size=total)
+        rows = self.offsets[idx][clip] + torch.arange(total) - new_offsets[clip]
+        return new_offsets, clip, rows
+
     def __getitem__(self, idx) -> "Ragged":
         """Clips ``idx`` (slice, int sequence, int tensor; repeats allowed) as a new Ragged."""
         if isinstance(idx, slice):
-            idx = torch.arange(len(self), device=self.device)[idx]
-        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
-        lengths = self.lengths[idx]
-        starts = self.offsets[idx]
-        new_offsets = torch.zeros(len(idx) + 1, dtype=torch.long, device=self.device)
-        torch.cumsum(lengths, 0, out=new_offsets[1:])
-        total = int(new_offsets[-1])
-        # row r of the result comes from starts[clip(r)] + (r - new_offsets[clip(r)])
-        clip = torch.repeat_interleave(torch.arange(len(idx), device=self.device), lengths, output_size=total)
-        rows = starts[clip] + torch.arange(total, device=self.device) - new_offsets[clip]
-        return Ragged(self.flat[rows], new_offsets)
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu()
+        new_offsets, _, rows = self._rows(idx)
+        return Ragged(self.flat[_to_device(rows, self.device)], new_offsets)
 
     def clip(self, i: int) -> torch.Tensor:
         return self.flat[int(self.offsets[i]):int(self.offsets[i + 1])]
@@ -106,20 +119,36 @@ class Ragged:
     def cat(parts: Sequence["Ragged"]) -> "Ragged":
         flat = torch.cat([p.flat for p in parts])
         lengths = torch.cat([p.lengths for p in parts])
-        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long, device=flat.device)
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
         torch.cumsum(lengths, 0, out=offsets[1:])
         return Ragged(flat, offsets)
 
     # -- padding ------------------------------------------------------------------------------
     def pad(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x (N, T_max, D), mask (N, T_max))``; padded frames are zeros, mask False. A clip with
-        no frames (missing modality) is an all-False mask row; ``T_max >= 1`` whenever ``N >= 1``."""
+        no frames (missing modality) is an all-False mask row; ``T_max >= 1`` whenever ``N >= 1``.
+        Indices are built on the CPU: no host synchronisation on a GPU."""
         n, lengths = len(self), self.lengths
         t_max = max(int(lengths.max()), 1) if n else 0
-        mask = torch.arange(t_max, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
+        mask = torch.arange(t_max).unsqueeze(0) < lengths.unsqueeze(1)
         x = self.flat.new_zeros(n, t_max, self.dim)
-        x[mask] = self.flat  # row-major order of the mask = clip by clip, frame by frame
-        return x, mask
+        clip = torch.repeat_interleave(torch.arange(n), lengths, output_size=len(self.flat))
+        pos = torch.arange(len(self.flat)) - self.offsets[:-1][clip]
+        if self.device.type == "cpu":
+            x[clip, pos] = self.flat
+        else:
+            x[_to_device(clip, self.device), _to_device(pos, self.device)] = self.flat
+        return x, _to_device(mask, self.device)
+
+
+def _to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """``x`` on ``device``; from pinned memory without blocking when that is a CUDA device."""
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 class StoredFrames:
@@ -287,3 +316,92 @@ def inference_batches(lengths: np.ndarray | None, n: int, batch_size: int, max_f
         batches.append(order[s:s + b])
         s += b
     return batches
+
+
+# --------------------------------------------------------------------------- pre-training pools
+def chunk_batches(batches: Sequence[np.ndarray], clip_bytes: np.ndarray, chunk_bytes: float) -> list[tuple[int, int]]:
+    """Consecutive batches grouped into chunks of at most ``chunk_bytes`` of features
+    (``clip_bytes[i]``: clip ``i``'s bytes): ``[(first batch, end batch), ...]``. A chunk holds at
+    least one batch, so a batch larger than the budget is a chunk of its own; the batches, and so
+    the training, do not depend on the chunk size."""
+    out, start, size = [], 0, 0.0
+    for j, b in enumerate(batches):
+        nb = float(clip_bytes[b].sum()) if len(b) else 0.0
+        if j > start and size + nb > chunk_bytes:
+            out.append((start, j))
+            start, size = j, 0.0
+        size += nb
+    if start < len(batches):
+        out.append((start, len(batches)))
+    return out
+
+
+class FeaturePool:
+    """The clips of a pre-training pool, by position ``0..N-1`` (``names``): their feature bytes
+    and frame counts (known without reading the features), and :meth:`load` of any subset, from
+    RAM when the pool was loaded with :meth:`keep_in_memory`, else from the feature stores.
+
+    Loading the pool into RAM reads every clip once, in pieces of ``chunk_bytes``; afterwards no
+    epoch touches the disk (30k ``.npy`` files per epoch on a 10k-clip pool before this)."""
+
+    def __init__(self, data, names: Sequence[str]):
+        self.data = data
+        self.names = np.asarray(list(names), dtype=object)
+        self.dims = data.dims()
+        self.frame_lengths = {m: np.asarray(s.present_lengths(list(self.names)), np.int64)
+                              for m, s in data.stores.items() if s.level == "frame"}
+        self.clip_bytes = np.zeros(len(self.names), np.float64)
+        for m, d in self.dims.items():
+            rows = self.frame_lengths[m] if m in self.frame_lengths else 1
+            self.clip_bytes += rows * d * 4.0
+        self.memory: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.clip_bytes.sum())
+
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """Per clip, its frames summed over frame-level modalities (None if none is)."""
+        if not self.frame_lengths:
+            return None
+        return np.sum(list(self.frame_lengths.values()), axis=0)
+
+    def read(self, idx: np.ndarray) -> dict:
+        """Clips ``idx`` from the feature stores (CPU tensors / Ragged), read in file order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return to_tensors(self.data.features(self.names[idx].tolist()), "cpu", self.dims)
+
+    def keep_in_memory(self, chunk_bytes: float, progress=None) -> None:
+        """Read the whole pool into RAM (float32, no padding), in pieces of ``chunk_bytes``."""
+        n = len(self.names)
+        mem: dict = {}
+        rows_at = {}
+        for m, d in self.dims.items():
+            if m in self.frame_lengths:
+                offsets = np.concatenate([[0], np.cumsum(self.frame_lengths[m])])
+                mem[m] = Ragged(torch.empty(int(offsets[-1]), d), torch.as_tensor(offsets))
+                rows_at[m] = offsets
+            else:
+                mem[m] = torch.empty(n, d)
+        per = np.arange(n)
+        for s, e in chunk_batches([per[i:i + 1] for i in range(n)], self.clip_bytes, chunk_bytes) if n else []:
+            part = self.read(per[s:e])
+            for m, x in part.items():
+                if isinstance(x, Ragged):
+                    mem[m].flat[rows_at[m][s]:rows_at[m][e]] = x.flat
+                else:
+                    mem[m][s:e] = x
+            if progress is not None:
+                progress(e - s)
+        self.memory = mem
+
+    def load(self, idx: np.ndarray) -> dict:
+        """Clips ``idx`` (CPU tensors / Ragged): from RAM when kept there, else read."""
+        if self.memory is None:
+            return self.read(idx)
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return {m: x[t] for m, x in self.memory.items()}

@@ -110,7 +110,8 @@ class EmotionModel(nn.Module):
 
     * ``forward(batch) -> dict`` with at least ``"probs"`` ``(B, K)`` (class probabilities) and
       ``"logits"`` ``(B, K)``;
-    * ``loss(batch, y) -> (loss, parts)`` for supervised training (parts: floats for logging);
+    * ``loss(batch, y) -> (loss, parts)`` for supervised training (parts: detached 0-dim tensors or
+      floats, for logging; the trainer sums them on the device and reads them once per epoch);
     * ``standardizer`` applied inside ``forward``; fitted by the trainer on training clips.
     """
 
@@ -176,7 +177,7 @@ class EmotionModel(nn.Module):
              weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         out = self._forward_std(self.training_inputs(batch))
         loss = smoothed_nll(torch.log_softmax(out["logits"], dim=-1), y, self.label_smoothing, weight)
-        return loss, {"cls": float(loss.detach())}
+        return loss, {"cls": loss.detach()}
 
 
 def smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float = 0.0, weight: torch.Tensor | None = None) -> torch.Tensor:

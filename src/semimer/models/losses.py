@@ -71,6 +71,11 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor,
     elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number or a 0-dim tensor, got {temperature!r}")
 
+    if torch.is_autocast_enabled(u.device.type):
+        # similarities divided by a small τ need float32: computed outside autocast, in float32
+        with torch.autocast(u.device.type, enabled=False):
+            return nt_xent(u.float(), v.float(), temperature.float() if isinstance(temperature, torch.Tensor)
+                           else temperature, valid)
     B = u.shape[0]
     z = F.normalize(torch.cat([u, v], dim=0), dim=1)  # (2B, d), unit rows
     logits = (z @ z.T) / temperature  # s(a, b), τ divided once
@@ -131,9 +136,10 @@ class _TermsLoss(nn.Module):
             {name: LearnableTemperature(init_tau, min_tau, max_tau) for name in self.term_names}
         )
 
-    def _reduce(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    def _reduce(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], terms: bool = True
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean of the terms that have a valid pair (``valid`` None: every row valid)."""
+        """Mean of the terms that have a valid pair (``valid`` None: every row valid); with
+        ``terms=False`` the per-term floats (one host read each) are not made: ``{}``."""
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no term has all its modalities present")
         values = {name: nt_xent(a, b, self.temperatures[name](), valid) for name, (a, b, valid) in pairs.items()}
@@ -141,7 +147,7 @@ class _TermsLoss(nn.Module):
         used = torch.stack([ref.new_tensor(1.0) if valid is None else valid.any().to(ref.dtype)
                             for _, _, valid in pairs.values()])
         loss = (torch.stack(list(values.values())) * used).sum() / used.sum().clamp_min(1.0)
-        return loss, {name: float(val.detach()) for name, val in values.items()}
+        return loss, ({name: float(val.detach()) for name, val in values.items()} if terms else {})
 
     def temperature_values(self) -> dict[str, float]:
         """Current τ of every term, as floats (for logging)."""
@@ -165,10 +171,11 @@ class ModalityContrastiveLoss(_TermsLoss):
 
     def forward(
         self, h: dict[str, torch.Tensor], g: dict[str, torch.Tensor] | None = None,
-        present: dict[str, torch.Tensor] | None = None,
+        present: dict[str, torch.Tensor] | None = None, terms: bool = True,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """h[m]: (B, d) embeddings; g[m]: (B, 2d) combinatorial projections; present[m]: optional
-        (B,) bool per clip (see the module docstring). Returns (loss, terms)."""
+        (B,) bool per clip (see the module docstring). Returns (loss, terms) (``terms=False``: ``{}``,
+        no host read: what training uses)."""
         g = g or {}
         _check_embeddings("h", h)
         _check_embeddings("g", g)
@@ -191,7 +198,7 @@ class ModalityContrastiveLoss(_TermsLoss):
             others = [o for o in MODALITIES if o != m]
             if m in g and m in h and all(o in h for o in others):
                 pairs[f"g_{m}"] = (g[m], torch.cat([h[o] for o in others], dim=1), valid(*MODALITIES))
-        return self._reduce(pairs)
+        return self._reduce(pairs, terms)
 
 
 class NoiseContrastiveLoss(_TermsLoss):
@@ -204,7 +211,7 @@ class NoiseContrastiveLoss(_TermsLoss):
 
     def forward(
         self, h: dict[str, torch.Tensor], h_noisy: dict[str, torch.Tensor],
-        present: dict[str, torch.Tensor] | None = None,
+        present: dict[str, torch.Tensor] | None = None, terms: bool = True,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """h[m], h_noisy[m]: (B, d) clean and noisy-input embeddings; present[m]: optional (B,) bool.
         Returns (loss, terms)."""
@@ -212,4 +219,4 @@ class NoiseContrastiveLoss(_TermsLoss):
         _check_embeddings("h_noisy", h_noisy)
         present = present or {}
         pairs = {m: (h[m], h_noisy[m], present.get(m)) for m in MODALITIES if m in h and m in h_noisy}
-        return self._reduce(pairs)
+        return self._reduce(pairs, terms)

@@ -42,7 +42,7 @@ from semimer.models import register_model
 from semimer.models.base import EmotionModel, drop_modalities, mlp_head, present_of, smoothed_nll
 from semimer.models.frame import frame_encoder_from_config
 from semimer.models.noise import scheduler_from_config
-from semimer.data.ragged import MASK_SUFFIX
+from semimer.data.ragged import MASK_SUFFIX, PRESENT_SUFFIX
 
 HEADS = ("audio", "text", "video", "fusion")
 
@@ -88,6 +88,9 @@ class MRCCL(EmotionModel):
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"model.vote_weights must be >= 0 with a positive sum, got {dict(cfg.vote_weights)}")
         self.register_buffer("vote_weights", w, persistent=False)
+        # data-parallel pre-training sets this to an all-gather (with gradients) over the ranks, so the
+        # contrastive terms of every rank see the whole batch (semimer.train.pretrain); None: one process
+        self.gather = None
         self.modal_loss = ModalityContrastiveLoss(init_tau=cfg.temperature_init)
         self.noise_loss = NoiseContrastiveLoss(init_tau=cfg.temperature_init)
         self.noise = {}
@@ -115,7 +118,8 @@ class MRCCL(EmotionModel):
     def vote(self, head_logits: dict[str, torch.Tensor], heads_present: torch.Tensor | None = None) -> torch.Tensor:
         """Voted class probabilities ``(B, K)``; ``heads_present`` ``(H, B)`` leaves absent heads out
         (weights renormalised per clip; a clip whose weighted heads are all absent takes the fusion head)."""
-        stacked = torch.stack([head_logits[k] for k in self.head_names])  # (H, B, K)
+        # (H, B, K); the vote in float32 whatever the autocast precision of the heads
+        stacked = torch.stack([head_logits[k] for k in self.head_names]).float()
         w = self.vote_weights.to(stacked.dtype).view(-1, 1, 1)
         if heads_present is not None:
             w = w * heads_present.to(stacked.dtype).unsqueeze(-1)  # (H, B, 1)
@@ -127,13 +131,7 @@ class MRCCL(EmotionModel):
         return (w * torch.softmax(stacked, dim=-1)).sum(0) / w.sum(0)
 
     def _forward_std(self, x: dict[str, torch.Tensor]) -> dict:
-        h = self.embed(x)
-        head_logits = {m: self.heads[m](h[m]) for m in self.modalities}
-        head_logits["fusion"] = self.heads["fusion"](torch.cat([h[m] for m in self.modalities], dim=-1))
-        heads_present = self.head_presence(x)
-        probs = self.vote(head_logits, heads_present)
-        return {"h": h, "head_logits": head_logits, "heads_present": heads_present, "probs": probs,
-                "logits": torch.log(probs.clamp_min(1e-12))}
+        return self._heads(x, self.embed(x))
 
     def _noisy(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(x)  # masks carried over
@@ -143,26 +141,59 @@ class MRCCL(EmotionModel):
             out[m] = noisy if mask is None else noisy * mask.unsqueeze(-1).to(noisy.dtype)
         return out
 
-    def _contrastive(self, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor], use_modal: bool,
-                     use_noise: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def embed_views(self, views: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """``h`` of several standardised views of one batch (clean, modality-dropped, noisy) in one
+        pass: the views are stacked along the batch, run through the encoders together and split.
+        Every layer acts on one clip at a time, so this equals one :meth:`embed` per view (up to
+        floating-point rounding and which dropout masks are drawn) at a fraction of the kernel calls."""
+        if len(views) == 1:
+            return [self.embed(views[0])]
+        B = views[0][self.modalities[0]].shape[0]
+        stacked: dict[str, torch.Tensor] = {}
+        for m in self.modalities:
+            stacked[m] = torch.cat([v[m] for v in views])
+            if m + MASK_SUFFIX in views[0]:
+                stacked[m + MASK_SUFFIX] = torch.cat([v[m + MASK_SUFFIX] for v in views])
+            stacked[m + PRESENT_SUFFIX] = torch.cat([present_of(v, m) for v in views])
+        h = self.embed(stacked)
+        return [{m: h[m][i * B:(i + 1) * B] for m in self.modalities} for i in range(len(views))]
+
+    def _contrastive(self, present: dict[str, torch.Tensor], h: dict[str, torch.Tensor], use_modal: bool,
+                     h_noisy: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``L_modal`` (when ``use_modal``) and ``L_noise`` (when ``h_noisy`` is given: the noisy
+        view's embeddings) for clips with modalities ``present``; parts are detached 0-dim tensors
+        (read once per epoch by the trainer)."""
         terms, parts = {}, {}
-        present = {m: present_of(x, m) for m in self.modalities}
         if use_modal and len(self.modalities) > 1:
             g = {m: self.combinatorial[m](h[m]) for m in self.modalities}
-            terms["modal"], p = self.modal_loss(h, g, present)
-            parts["modal"] = float(terms["modal"].detach())
-        if use_noise:
-            h_noisy = self.embed(self._noisy(x))
-            terms["noise"], p = self.noise_loss(h, h_noisy, present)
-            parts["noise"] = float(terms["noise"].detach())
+            terms["modal"], _ = self.modal_loss(h, g, present, terms=False)
+            parts["modal"] = terms["modal"].detach()
+        if h_noisy is not None:
+            terms["noise"], _ = self.noise_loss(h, h_noisy, present, terms=False)
+            parts["noise"] = terms["noise"].detach()
         return terms, parts
 
+    def _heads(self, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor]) -> dict:
+        head_logits = {m: self.heads[m](h[m]) for m in self.modalities}
+        head_logits["fusion"] = self.heads["fusion"](torch.cat([h[m] for m in self.modalities], dim=-1))
+        heads_present = self.head_presence(x)
+        probs = self.vote(head_logits, heads_present)
+        return {"h": h, "head_logits": head_logits, "heads_present": heads_present, "probs": probs,
+                "logits": torch.log(probs.clamp_min(1e-12))}
+
     def loss(self, batch: dict[str, torch.Tensor], y: torch.Tensor,
-             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L_cls + lambda_m L_modal + lambda_n L_noise``; parts (``cls``, ``modal``, ``noise``) are
+        detached 0-dim tensors, so a training step never waits for the device to report them.
+        The classification view (modality dropout applied), the clean view (when dropout changed
+        it) and the noisy view go through the encoders together (:meth:`embed_views`)."""
         self.check_batch(batch)
         clean = self.standardizer(batch)
         x = drop_modalities(clean, self.modalities, self.modality_dropout)
-        out = self._forward_std(x)
+        use_noise = bool(self.cfg.use_noise)
+        views = [x] + ([clean] if x is not clean else []) + ([self._noisy(clean)] if use_noise else [])
+        hs = self.embed_views(views)
+        out = self._heads(x, hs[0])
         eps = self.label_smoothing
         fused = smoothed_nll(out["logits"], y, eps, weight)
         # each head on the clips that have it (a unimodal head with no such clip in the batch adds nothing)
@@ -173,10 +204,11 @@ class MRCCL(EmotionModel):
         used = (pres * w).sum(1).gt(0).to(fused.dtype)
         per_head = (head_losses * used).sum() / used.sum().clamp_min(1.0)
         loss = fused + per_head
-        parts = {"cls": float(loss.detach())}
+        parts = {"cls": loss.detach()}
         # contrastive terms pair modalities of the same clip: computed on the clips as they are
-        h = out["h"] if x is clean else self.embed(clean)
-        terms, cparts = self._contrastive(clean, h, self.cfg.use_modal, self.cfg.use_noise)
+        h = hs[0] if x is clean else hs[1]
+        present = {m: present_of(clean, m) for m in self.modalities}
+        terms, cparts = self._contrastive(present, h, self.cfg.use_modal, hs[-1] if use_noise else None)
         if "modal" in terms:
             loss = loss + self.cfg.lambda_modal * terms["modal"]
         if "noise" in terms:
@@ -184,13 +216,19 @@ class MRCCL(EmotionModel):
         parts.update(cparts)
         return loss, parts
 
-    def contrastive_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def contrastive_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``L_modal + L_noise`` without labels (contrastive pre-training); modality dropout
-        (``modality_dropout``, set by the pre-training loop) removes dropped modalities from the terms."""
+        (``modality_dropout``, set by the pre-training loop) removes dropped modalities from the terms.
+        The clean and noisy views go through the encoders together."""
         self.check_batch(batch)
         x = drop_modalities(self.standardizer(batch), self.modalities, self.modality_dropout)
-        h = self.embed(x)
-        terms, parts = self._contrastive(x, h, self.cfg.use_modal, self.cfg.use_noise)
+        use_noise = bool(self.cfg.use_noise)
+        hs = self.embed_views([x, self._noisy(x)] if use_noise else [x])
+        present = {m: present_of(x, m) for m in self.modalities}
+        if self.gather is not None:  # data-parallel pre-training: the whole batch's clips, from every rank
+            hs = [{m: self.gather(v) for m, v in h.items()} for h in hs]
+            present = {m: self.gather(p.to(torch.uint8)).bool() for m, p in present.items()}
+        terms, parts = self._contrastive(present, hs[0], self.cfg.use_modal, hs[1] if use_noise else None)
         if not terms:
             raise ValueError("contrastive pre-training needs model.use_modal or model.use_noise")
         return sum(terms.values()), parts

@@ -100,9 +100,19 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
     ``collect``: run nothing, tabulate the finished runs' ``metrics.json`` (e.g. after one process
     per seed: ``--seeds 0`` / ``--seeds 1`` / ... in parallel, then ``--seeds 0,1,2 --collect``)."""
     from semimer.semi.recipe import run_recipe
+    from semimer.train import distributed
 
     if variant_set not in VARIANT_SETS:
         raise ValueError(f"unknown variant set {variant_set!r}; choose one of {', '.join(VARIANT_SETS)}")
+    if not collect and distributed.active() and len(seeds) >= distributed.world():
+        # torchrun: seeds spread over the ranks (each seed's runs in one process), then every rank
+        # tabulates the finished runs (with fewer seeds than ranks, the folds are spread instead)
+        mine = [s for i, s in enumerate(seeds) if i % distributed.world() == distributed.rank()]
+        with distributed.local():
+            run_ablation(data_root, out, mine, variant_set, overrides, test_labels, config_file, preset, overwrite)
+        distributed.barrier()
+        return run_ablation(data_root, out, seeds, variant_set, overrides, test_labels, config_file, preset,
+                            collect=True)
     variants = VARIANT_SETS[variant_set]
     out = Path(out)
     rows: dict[str, list[dict]] = {v.name: [] for v in variants}
@@ -144,8 +154,9 @@ def run_ablation(data_root: str | Path, out: str | Path, seeds: Sequence[int], v
                 rows[v.name].append({"seed": seed, **_row_from_stage(summaries[src], stage)})
     table = summarise_rows(rows)
     result = {"variant_set": variant_set, "seeds": list(seeds), "overrides": list(overrides), "rows": rows, "table": table}
-    write_json(out / "ablation.json", result)  # parallel one-seed processes overwrite it: --collect rewrites it
-    write_text(out / "ablation.md", format_table(table, len(seeds)) + "\n")
+    if distributed.is_lead():
+        write_json(out / "ablation.json", result)  # parallel one-seed processes overwrite it: --collect rewrites it
+        write_text(out / "ablation.md", format_table(table, len(seeds)) + "\n")
     return result
 
 

@@ -44,10 +44,10 @@ from semimer.semi.prior_shift import em_prior
 from semimer.semi.pseudo_label import (SELECTION_COLUMNS, adaptive_thresholds, read_selection_csv,
                                        select_pseudo_labels, select_topk, softmatch_weights, write_selection_csv)
 from semimer.semi.voting import choose_ensemble, fit_vote_weights, nested_choice, nested_vote, soft_vote
-from semimer.train import run_state
+from semimer.train import distributed, run_state
 from semimer.train.cv import CVResult, PseudoLabels, cross_validate, data_folds, run_fingerprint, write_features_json
 from semimer.train.fit import predict_names
-from semimer.utils import log, pick_device
+from semimer.utils import log
 
 
 def _stage(i: int, n: int, text: str) -> None:
@@ -94,11 +94,12 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
     fp = run_state.fingerprint("select", res.fingerprints, run_state.settings(cfg, "self_train"), pool,
                                [sorted(e) for e in earlier], r)
     csv = folder / "pseudo_labels.csv"
-    info = run_state.done(folder, fp)
+    # under torchrun the lead selects and writes; the other ranks read its selection after a barrier
+    info = run_state.done(folder, fp) if distributed.is_lead() else {}
     if info is None:
         folder.mkdir(parents=True, exist_ok=True)
         csv.unlink(missing_ok=True)
-        device = pick_device(cfg.train.device)
+        device = distributed.device_for_rank(cfg.train.device)
         probs, agree = predict_names(res.models, data, pool, device, cfg.train.eval_batch_size,
                                      progress=cfg.train.progress, average=False, agreement=True)
         if st.min_heads_agree and agree is None:
@@ -139,8 +140,13 @@ def select_round(data: MERData, cfg: RunConfig, res: CVResult, pool: list[str], 
         run_state.mark_done(folder, fp, temperatures=temps, thresholds=taus, pool_priors=priors or None,
                             pool_confidence=stats)
         info = run_state.done(folder, fp)
-    else:
+    elif distributed.is_lead():
         log.info("round %d: reusing pseudo-labels from %s", r, csv)
+    distributed.barrier()
+    if not distributed.is_lead():
+        info = run_state.done(folder, fp)
+        if info is None:
+            raise RuntimeError(f"{folder}: the lead rank's pseudo-label selection is missing after the barrier")
     rec = read_selection_csv(csv)
     per_fold = []
     for k in range(cfg.train.folds):
@@ -192,7 +198,9 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     non-empty ``out`` made with other settings is refused unless ``overwrite``."""
     out = Path(out)
     run_state.claim_run_dir(out, run_fingerprint(cfg, data), overwrite, what="recipe")
-    write_text(out / "config.yaml", to_yaml(cfg))
+    lead = distributed.is_lead()  # under torchrun: every rank computes, the lead writes the run's files
+    if lead:
+        write_text(out / "config.yaml", to_yaml(cfg))
     t0 = time.time()
     classes = list(cfg.data.classes)
     K = len(classes)
@@ -269,7 +277,8 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         timing[f"round_{r}"] = time.time() - t
         summary["stages"][f"round_{r}"] = {**_cv_summary(res, test, data), "selected": counts}
     summary["pseudo_labels_per_round"] = ppr
-    write_csv(out / "pseudo_labels.csv", list(SELECTION_COLUMNS), all_rows)
+    if lead:
+        write_csv(out / "pseudo_labels.csv", list(SELECTION_COLUMNS), all_rows)
 
     results = {members[0]: res}
     final_dir = f"round_{final_round}"
@@ -329,19 +338,23 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
     cand = _prior_shift(summary, cfg, data, oof, cand, final, test)
     summary["final_round"] = final_round
     summary["final"] = final
-    write_features_json(out, data)
-    ens = [{"dir": member_dirs[m], "weight": summary["stages"]["vote"]["weights"][m] if "vote" in summary["stages"] else 1.0}
-           for m in members]
-    write_json(out / "ensemble.json", {"members": ens, "classes": classes})
-    write_predictions(out / "predictions.csv", data.candidates, cand, classes)
-    write_submission(out / "submission.csv", data.candidates, cand, classes)
-    write_predictions(out / "oof.csv", data.labeled, oof, classes,
-                      extra={"true": [classes[int(y)] for y in data.labels], "fold": [int(f) for f in fold]})
     summary["seconds"] = {k: round(v, 1) for k, v in timing.items()}
     summary["seconds"]["total"] = round(time.time() - t0, 1)
-    write_json(out / "metrics.json", summary)
-    from semimer.eval.report import write_report
+    if distributed.active():
+        summary["processes"] = distributed.world()
+    if lead:
+        write_features_json(out, data)
+        ens = [{"dir": member_dirs[m], "weight": summary["stages"]["vote"]["weights"][m] if "vote" in summary["stages"] else 1.0}
+               for m in members]
+        write_json(out / "ensemble.json", {"members": ens, "classes": classes})
+        write_predictions(out / "predictions.csv", data.candidates, cand, classes)
+        write_submission(out / "submission.csv", data.candidates, cand, classes)
+        write_predictions(out / "oof.csv", data.labeled, oof, classes,
+                          extra={"true": [classes[int(y)] for y in data.labels], "fold": [int(f) for f in fold]})
+        write_json(out / "metrics.json", summary)
+        from semimer.eval.report import write_report
 
-    write_report(out, summary, data, oof, classes, cfg)
+        write_report(out, summary, data, oof, classes, cfg)
+    distributed.barrier()
     log.info("recipe finished in %.0f s -> %s", time.time() - t0, out)
     return summary

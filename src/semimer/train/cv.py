@@ -29,6 +29,12 @@ A run folder holds::
 Each fold's ``done.json`` carries the fingerprint of everything the fold depends on
 (:mod:`semimer.train.run_state`); a fold is reused only when it matches.
 
+Under ``torchrun --nproc-per-node N`` (:mod:`semimer.train.distributed`) rank ``r`` trains the folds
+``k % N == r``; after a barrier every rank loads every fold from the run folder (which must be on
+storage that every node sees) and computes the same OOF and candidate predictions, which equal
+those of one process (each fold is seeded by itself); rank 0 writes the run's shared files.
+Threads and precision are chosen once per call (:func:`semimer.train.accel.setup`).
+
 metrics.json keys: ``cv`` (mean/std/n over folds of ``waf``, ``accuracy``, ``macro_f1`` and
 ``per_class_f1``), ``folds`` (per-fold scores incl. ``best_epoch``), ``oof`` (scores of the
 pooled OOF predictions), ``selection`` (``train.select`` and the chosen epochs), ``n_labeled``,
@@ -55,10 +61,11 @@ from semimer.eval.predictions import write_predictions, write_submission
 from semimer.io import read_json, write_json, write_text
 from semimer.models import build_model
 from semimer.models.checkpoint import load_state, save_model
-from semimer.train import run_state
+from semimer.train import distributed, run_state
+from semimer.train.accel import setup
 from semimer.train.fit import FitResult, fit, predict_names, predict_tensors, take
 from semimer.train.oversample import oversample_indices
-from semimer.utils import log, pick_device, seed_everything
+from semimer.utils import log, seed_everything
 
 
 @dataclass
@@ -141,9 +148,8 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
     tc = cfg.train
     if tc.select not in ("inner", "fixed"):
         raise ValueError(f"train.select must be inner or fixed, got {tc.select!r}")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
+    device = distributed.device_for_rank(tc.device)
+    lead, spread = distributed.is_lead(), distributed.active()
     classes = list(cfg.data.classes)
     K = len(classes)
     fold = data_folds(data, cfg)
@@ -152,9 +158,10 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         tc = dataclasses.replace(tc, lr=tc.lr * cfg.pretrain.finetune_lr_scale)
     stage_fp = run_state.fingerprint("cv", run_state.settings(cfg, "data", "model", "noise", "train"), tc.lr,
                                      data.summary(), _groups(data), fold, init_state)
-    write_text(out / "config.yaml", to_yaml(cfg))
-    write_features_json(out, data)
-    save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes, data.groups)
+    if lead:
+        write_text(out / "config.yaml", to_yaml(cfg))
+        write_features_json(out, data)
+        save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes, data.groups)
     t0 = time.time()
     feats = load_features(data, data.labeled, device, tc.frame_cache)
     y_all = data.labels
@@ -164,8 +171,9 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
     oof = np.zeros((len(y_all), K), dtype=np.float32)
     fold_scores, histories, models, fold_fps, selection = [], [], [], [], []
     clips_seen, train_seconds = 0, 0.0
+    accel = None
+    plans = []
     for k in range(tc.folds):
-        fdir = out / f"fold_{k}"
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         pk = pseudo[k]
         fp = run_state.fingerprint(stage_fp, k, None if pk is None else [list(pk.names), np.asarray(pk.labels).tolist()],
@@ -175,50 +183,81 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
             fit_idx, sel_idx = inner_split(tr, y_all, tc.inner_fraction, fold_seed(tc.seed, k), data.groups)
         else:
             fit_idx, sel_idx = tr, np.zeros(0, np.int64)
+        plans.append((va, fit_idx, sel_idx, pk, fp))
+
+    def new_model(k: int):
+        nonlocal accel
         seed_everything(fold_seed(tc.seed, k))  # before building: the fold's initial weights are seeded
         model = build_model(cfg.model.name, data.dims(), K, cfg.model, noise_cfg=cfg.noise, levels=data.levels()).to(device)
+        if accel is None:  # threads for this work size, precision for this device: once per stage
+            accel = setup(tc, device, model, tc.batch_size, what=f"{cfg.model.name} fine-tuning")
+        return model
+
+    def train_fold(k: int):
+        """Fold ``k``'s model: reused when finished with the same fingerprint, else trained and saved."""
+        nonlocal clips_seen, train_seconds
+        va, fit_idx, sel_idx, pk, fp = plans[k]
+        fdir = out / f"fold_{k}"
+        model = new_model(k)
         if run_state.done(fdir, fp):
             model.load_state_dict(load_state(fdir / "model.safetensors", device))
             res = read_json(fdir / "result.json")
-            fr = FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
             log.info("fold %d: reusing finished fold from %s", k, fdir)
+            return model, FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
+        train_x, train_y = take(feats, torch.as_tensor(fit_idx)), y_all[fit_idx]
+        train_w = None
+        if pk is not None and len(pk.names):
+            train_x = concat(train_x, load_features(data, pk.names, device, tc.frame_cache))
+            train_y = np.concatenate([train_y, np.asarray(pk.labels, np.int64)])
+            if pk.weights is not None:
+                train_w = np.concatenate([np.ones(len(fit_idx)), np.asarray(pk.weights, np.float64)])
+        if init_state is not None:
+            missing, _ = model.load_state_dict(init_state, strict=False)
+            log.debug("fold %d: init from pre-trained weights (missing %s)", k, missing)
+        if init_state is None or not any(k_.startswith("standardizer.") for k_ in init_state):
+            model.standardizer.fit(train_x)  # statistics from this fold's training part only
+        t1 = time.time()
+        if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
+            chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w)
+            fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])
         else:
-            train_x, train_y = take(feats, torch.as_tensor(fit_idx, device=device)), y_all[fit_idx]
-            train_w = None
-            if pk is not None and len(pk.names):
-                train_x = concat(train_x, load_features(data, pk.names, device, tc.frame_cache))
-                train_y = np.concatenate([train_y, np.asarray(pk.labels, np.int64)])
-                if pk.weights is not None:
-                    train_w = np.concatenate([np.ones(len(fit_idx)), np.asarray(pk.weights, np.float64)])
-            if init_state is not None:
-                missing, _ = model.load_state_dict(init_state, strict=False)
-                log.debug("fold %d: init from pre-trained weights (missing %s)", k, missing)
-            if init_state is None or not any(k_.startswith("standardizer.") for k_ in init_state):
-                model.standardizer.fit(train_x)  # statistics from this fold's training part only
-            t1 = time.time()
-            if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
-                chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w)
-                fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])
-            else:
-                if tc.oversample:
-                    idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
-                    train_x, train_y = take(train_x, torch.as_tensor(idx, device=device)), train_y[idx]
-                    train_w = None if train_w is None else train_w[idx]
-                sel = take(feats, torch.as_tensor(sel_idx, device=device)) if len(sel_idx) else None
-                fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel,
-                         y_all[sel_idx] if len(sel_idx) else None, tc, seed=fold_seed(tc.seed, k),
-                         desc=f"fold {k + 1}/{tc.folds}", monitor=take(feats, torch.as_tensor(va, device=device)),
-                         y_monitor=y_all[va],
-                         w_train=None if train_w is None else torch.as_tensor(train_w, dtype=torch.float32, device=device))
-            train_seconds += time.time() - t1
-            clips_seen += len(train_y) * len(fr.history)
-            save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,
-                                                             "noise_config": dataclasses.asdict(cfg.noise)})
-            write_json(fdir / "result.json", {"best_epoch": fr.best_epoch, "best_val_waf": fr.best_val_waf,
-                                              "selected_on": tc.select, "history": fr.history})
-            run_state.mark_done(fdir, fp, fold=k)
-        oof[va] = predict_tensors(model, take(feats, torch.as_tensor(va, device=device)), tc.eval_batch_size)
-        sel_probs = (predict_tensors(model, take(feats, torch.as_tensor(sel_idx, device=device)), tc.eval_batch_size)
+            if tc.oversample:
+                idx = oversample_indices(train_y, tc.oversample_ratio, seed=fold_seed(tc.seed, k))
+                train_x, train_y = take(train_x, torch.as_tensor(idx)), train_y[idx]
+                train_w = None if train_w is None else train_w[idx]
+            sel = take(feats, torch.as_tensor(sel_idx)) if len(sel_idx) else None
+            fr = fit(model, train_x, torch.as_tensor(train_y, device=device), sel,
+                     y_all[sel_idx] if len(sel_idx) else None, tc, seed=fold_seed(tc.seed, k),
+                     desc=f"fold {k + 1}/{tc.folds}", monitor=take(feats, torch.as_tensor(va)),
+                     y_monitor=y_all[va],
+                     w_train=None if train_w is None else torch.as_tensor(train_w, dtype=torch.float32, device=device),
+                     accel=accel)
+        seconds = time.time() - t1
+        train_seconds += seconds
+        clips_seen += len(train_y) * len(fr.history)
+        save_model(fdir, model, classes, cfg.model, extra={"fold": k, "seed": tc.seed,
+                                                         "noise_config": dataclasses.asdict(cfg.noise)})
+        write_json(fdir / "result.json", {"best_epoch": fr.best_epoch, "best_val_waf": fr.best_val_waf,
+                                          "selected_on": tc.select, "history": fr.history,
+                                          "seconds": round(seconds, 2)})
+        run_state.mark_done(fdir, fp, fold=k)
+        log.info("fold %d/%d trained in %.0f s (%d epochs)", k + 1, tc.folds, seconds, len(fr.history))
+        return model, fr
+
+    def load_fold(k: int):
+        """Fold ``k`` as another rank finished it (after the barrier)."""
+        fdir = out / f"fold_{k}"
+        if not run_state.done(fdir, plans[k][4]):
+            raise RuntimeError(f"fold {k} is not finished in {fdir} although its rank passed the barrier")
+        model = new_model(k)
+        model.load_state_dict(load_state(fdir / "model.safetensors", device))
+        res = read_json(fdir / "result.json")
+        return model, FitResult(res["best_epoch"], res["best_val_waf"], res["history"])
+
+    def score(k: int, model, fr) -> None:
+        va, _, sel_idx, _, _ = plans[k]
+        oof[va] = predict_tensors(model, take(feats, torch.as_tensor(va)), tc.eval_batch_size, accel=accel)
+        sel_probs = (predict_tensors(model, take(feats, torch.as_tensor(sel_idx)), tc.eval_batch_size, accel=accel)
                      if len(sel_idx) else np.zeros((0, K), np.float32))
         selection.append((sel_idx, sel_probs))
         s = scores(y_all[va], oof[va].argmax(1), K, classes)
@@ -228,9 +267,19 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         models.append(model)
         log.info("fold %d/%d: WAF %.2f  acc %.2f  (epoch %d chosen on %s)", k + 1, tc.folds, 100 * s["waf"],
                  100 * s["accuracy"], fr.best_epoch, "the inner split" if tc.select == "inner" else "none: last")
+
+    if not spread:  # one process: train (or reuse) and score fold by fold
+        for k in range(tc.folds):
+            score(k, *train_fold(k))
+    else:  # torchrun: rank r trains folds k % N == r; then every rank scores every fold
+        trained = {k: train_fold(k) for k in distributed.mine(tc.folds)}
+        distributed.barrier()
+        for k in range(tc.folds):
+            score(k, *(trained[k] if k in trained else load_fold(k)))
     cand = np.zeros((len(data.candidates), K), dtype=np.float32)
     if predict_candidates and data.candidates:
-        cand = predict_names(models, data, data.candidates, device, tc.eval_batch_size, progress=tc.progress)
+        cand = predict_names(models, data, data.candidates, device, tc.eval_batch_size, progress=tc.progress,
+                             accel=accel)
     n_pseudo = [0 if p is None else len(p.names) for p in pseudo]
     metrics = {
         "cv": summarise(fold_scores),
@@ -247,13 +296,17 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         "seconds": round(time.time() - t0, 2),
         "train_clips_per_s": round(clips_seen / train_seconds, 1) if train_seconds else None,
     }
-    write_json(out / "metrics.json", metrics)
-    write_predictions(out / "oof.csv", data.labeled, oof, classes,
-                      extra={"true": [classes[int(y)] for y in y_all], "fold": [int(f) for f in fold]})
-    if predict_candidates:
-        write_predictions(out / "predictions.csv", data.candidates, cand, classes)
-        write_submission(out / "submission.csv", data.candidates, cand, classes)
-    _plots(out, metrics, histories, classes, cfg)
+    if spread:
+        metrics["processes"] = distributed.world()
+    if lead:  # under torchrun every rank holds the same results; one writes them
+        write_json(out / "metrics.json", metrics)
+        write_predictions(out / "oof.csv", data.labeled, oof, classes,
+                          extra={"true": [classes[int(y)] for y in y_all], "fold": [int(f) for f in fold]})
+        if predict_candidates:
+            write_predictions(out / "predictions.csv", data.candidates, cand, classes)
+            write_submission(out / "submission.csv", data.candidates, cand, classes)
+        _plots(out, metrics, histories, classes, cfg)
+    distributed.barrier()  # the stage's files exist on every rank's return
     log.info("CV WAF %s over %d folds -> %s", fmt(metrics["cv"]["waf"]), tc.folds, out)
     return CVResult(out=out, metrics=metrics, oof_probs=oof, cand_probs=np.asarray(cand, np.float32),
                     models=models, fold=fold, selection=selection, fingerprints=fold_fps)

@@ -10,7 +10,9 @@ sorted length under a frame budget at inference.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -21,14 +23,24 @@ from sklearn.metrics import f1_score
 from semimer.config import TrainConfig
 from semimer.data.ragged import (clip_lengths, collate, inference_batches, length_bucketed_batches, n_items,
                             to_tensors)
+from semimer.data.store import prefetched
+from semimer.train.accel import adamw
 from semimer.utils import log
+from semimer.utils import progress as show_progress
 
 MAX_EVAL_FRAMES = 65536  # padded frames per inference batch at frame level (bounds memory)
 
 
 def take(feats: dict, idx) -> dict:
-    """Clips ``idx`` of every modality (tensor rows or Ragged clips)."""
-    return {m: x[idx] for m, x in feats.items()}
+    """Clips ``idx`` of every modality (tensor rows or Ragged clips). A CPU index tensor is sent to
+    a tensor's device without blocking; Ragged selections are indexed on the CPU."""
+    out = {}
+    for m, x in feats.items():
+        if isinstance(x, torch.Tensor) and isinstance(idx, torch.Tensor) and idx.device != x.device:
+            out[m] = x[idx.to(x.device, non_blocking=True)]
+        else:
+            out[m] = x[idx]
+    return out
 
 
 def train_batches(feats: dict, n: int, batch_size: int, generator: torch.Generator) -> list:
@@ -50,12 +62,13 @@ class FitResult:
 
 @torch.no_grad()
 def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int = MAX_EVAL_FRAMES,
-                    agreement: bool = False):
+                    agreement: bool = False, accel=None):
     """Class probabilities ``(N, K)`` for in-memory features (eval mode, no grad). Frame-level
     inputs are batched by length with at most ``max_frames`` padded frames per batch.
     ``agreement=True`` also returns, per clip, how many of the model's heads (``head_logits``:
     MR-CCL's unimodal and fusion heads, those of the modalities the clip has) predict the same class
-    as its output (``None`` for a model without heads)."""
+    as its output (``None`` for a model without heads). ``accel``: autocast precision (probabilities
+    are returned in float32 whatever it is)."""
     model.eval()
     n = n_items(feats)
     out = np.zeros((n, model.num_classes), np.float32)
@@ -64,7 +77,8 @@ def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int 
     lengths = clip_lengths(feats)
     for idx in inference_batches(lengths, n, batch_size, max_frames):
         sel = slice(int(idx[0]), int(idx[-1]) + 1) if lengths is None else torch.as_tensor(idx)
-        res = model(collate(take(feats, sel)))
+        with (accel.autocast() if accel is not None else contextlib.nullcontext()):
+            res = model(collate(take(feats, sel)))
         out[idx] = res["probs"].float().cpu().numpy()
         if agreement and "head_logits" in res:
             top = res["probs"].argmax(-1)
@@ -81,33 +95,34 @@ def predict_tensors(model, feats: dict, batch_size: int = 1024, max_frames: int 
 
 @torch.no_grad()
 def predict_names(models: Sequence, data, names: Sequence[str], device: torch.device,
-                  batch_size: int = 1024, progress: bool = False, average: bool = True, agreement: bool = False):
+                  batch_size: int = 1024, progress: bool = False, average: bool = True, agreement: bool = False,
+                  accel=None):
     """Class probabilities of ``models`` (e.g. the fold ensemble) over clips ``names``, read from
     the data's feature stores batch by batch (never the whole pool in RAM): their mean ``(N, K)``,
     or with ``average=False`` one row block per model ``(M, N, K)``; ``agreement=True`` (with
     ``average=False``) also returns the per-model head agreement counts ``(M, N)`` (``None`` when
-    the models have no heads; see :func:`predict_tensors`)."""
+    the models have no heads; see :func:`predict_tensors`). The next batch is read from the stores
+    in a background thread while this one is scored."""
     K = models[0].num_classes
     out = np.zeros((len(models), len(names), K), dtype=np.float32)
     agree = np.zeros((len(models), len(names)), dtype=np.int64)
     has_heads = True
-    starts = range(0, len(names), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="predict", unit="batch", leave=False, disable=None)
-    for s in starts:
-        chunk = list(names[s:s + batch_size])
-        feats = to_tensors(data.features(chunk), device, data.dims())
+    starts = list(range(0, len(names), batch_size))
+    bar = show_progress(total=len(starts), desc="predict", unit="batches", enabled=progress, leave=False)
+    for s, feats in prefetched(lambda s: to_tensors(data.features(list(names[s:s + batch_size])), device, data.dims()),
+                               starts):
+        n_chunk = min(batch_size, len(names) - s)
+        bar.update(1)
         for i, m in enumerate(models):
             if not agreement:
-                out[i, s:s + len(chunk)] = predict_tensors(m, feats, batch_size)
+                out[i, s:s + n_chunk] = predict_tensors(m, feats, batch_size, accel=accel)
                 continue
-            out[i, s:s + len(chunk)], a = predict_tensors(m, feats, batch_size, agreement=True)
+            out[i, s:s + n_chunk], a = predict_tensors(m, feats, batch_size, agreement=True, accel=accel)
             if a is None:
                 has_heads = False
             else:
-                agree[i, s:s + len(chunk)] = a
+                agree[i, s:s + n_chunk] = a
+    bar.close()
     if agreement:
         return out, (agree if has_heads else None)
     return out.mean(axis=0, dtype=np.float64).astype(np.float32) if average else out
@@ -116,39 +131,63 @@ def predict_names(models: Sequence, data, names: Sequence[str], device: torch.de
 def run_epoch(model, feats: dict, n: int, batch_size: int, gen: torch.Generator, opt, loss_fn: Callable,
               y: torch.Tensor | None = None, desc: str = "fit",
               after_step: Callable[[], None] | None = None,
-              weight: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
-    """One pass over ``feats`` in seeded batches: ``loss_fn(batch)`` or ``loss_fn(batch, y[idx])``,
-    AdamW step. Shared by fine-tuning (:func:`fit`) and pre-training (:mod:`.pretrain`). Returns
-    the summed loss terms (``loss`` + the model's parts) and the number of steps."""
-    sums: dict[str, float] = {}
+              weight: torch.Tensor | None = None, accel=None, scaler=None,
+              batches: Sequence | None = None,
+              on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, float], int]:
+    """One pass over ``feats`` in seeded batches (or the given ``batches`` of indices):
+    ``loss_fn(batch)`` or ``loss_fn(batch, y[idx])``, AdamW step. Shared by fine-tuning (:func:`fit`)
+    and pre-training (:mod:`.pretrain`). Returns the summed loss terms (``loss`` + the model's
+    parts) and the number of steps.
+
+    No host synchronisation per step: the loss terms are summed as detached tensors on the device
+    and read once at the end, where a non-finite sum raises ``FloatingPointError``. ``on_batch(n)``
+    after every step (progress bars). ``accel``
+    (:class:`semimer.train.accel.Accel`): autocast precision; ``scaler``: a float16 gradient scaler."""
+    sums: dict[str, torch.Tensor] = {}
     steps = 0
-    device = y.device if y is not None else None
-    for idx in train_batches(feats, n, batch_size, gen):
-        if device is not None:
-            idx = idx.to(device)
+    autocast = accel.autocast if accel is not None else contextlib.nullcontext
+    plan = train_batches(feats, n, batch_size, gen) if batches is None else batches
+    for idx in plan:
         if len(idx) < 2 and n >= 2:  # a batch of one breaks normalisation/contrastive terms
             continue
         batch = collate(take(feats, idx))
-        if y is None:
-            loss, parts = loss_fn(batch)
-        else:
-            loss, parts = loss_fn(batch, y[idx]) if weight is None else loss_fn(batch, y[idx], weight[idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: non-finite loss; lower the learning rate or check the features")
+        with autocast():
+            if y is None:
+                loss, parts = loss_fn(batch)
+            else:
+                yi = y[idx.to(y.device, non_blocking=True)] if idx.device != y.device else y[idx]
+                if weight is None:
+                    loss, parts = loss_fn(batch, yi)
+                else:
+                    loss, parts = loss_fn(batch, yi, weight[idx.to(weight.device, non_blocking=True)])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         if after_step is not None:
             after_step()
+        if on_batch is not None:
+            on_batch(len(idx))
         steps += 1
-        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v
-    return sums, steps
+        for k, v in (("loss", loss), *parts.items()):
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            sums[k] = v if k not in sums else sums[k] + v
+    if not sums:
+        return {}, 0
+    keys = list(sums)
+    values = torch.stack([sums[k].to(sums["loss"].device) for k in keys]).cpu().tolist()  # the one read
+    out = dict(zip(keys, values))
+    if not math.isfinite(out["loss"]):
+        raise FloatingPointError(f"{desc}: non-finite loss; lower the learning rate or check the features")
+    return out, steps
 
 
-def _waf(model, feats, y, batch_size) -> tuple[float, float]:
-    probs = predict_tensors(model, feats, batch_size)
+def _waf(model, feats, y, batch_size, accel=None) -> tuple[float, float]:
+    probs = predict_tensors(model, feats, batch_size, accel=accel)
     waf = float(f1_score(y, probs.argmax(1), average="weighted", zero_division=0))
     nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
     return waf, nll
@@ -157,7 +196,7 @@ def _waf(model, feats, y, batch_size) -> tuple[float, float]:
 def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor] | None,
         y_val: np.ndarray | None, cfg: TrainConfig, seed: int, desc: str = "fit",
         on_epoch: Callable[[dict], None] | None = None, monitor: dict | None = None,
-        y_monitor: np.ndarray | None = None, w_train: torch.Tensor | None = None) -> FitResult:
+        y_monitor: np.ndarray | None = None, w_train: torch.Tensor | None = None, accel=None) -> FitResult:
     """AdamW on ``model.loss``; after each epoch score WAF on the *selection* set ``val`` and keep
     the best epoch (early stopping after ``cfg.patience`` epochs without gain). Without ``val``
     every epoch of ``cfg.epochs`` runs and the last one is kept.
@@ -167,9 +206,10 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
     ``monitor_waf`` for learning curves: nothing is chosen on it. ``w_train``: per-clip loss weights
     (e.g. confidence weights of pseudo-labeled clips); ``None`` = all 1.
     Tensors are already on the model's device; shuffling uses a seeded generator, so a CPU run is
-    deterministic for a given ``seed``.
+    deterministic for a given ``seed``. ``accel`` (:class:`semimer.train.accel.Accel`): precision,
+    gradient scaling and ``train.compile`` (default: float32, eager).
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(y_train)
     if n_items(train) != n:
@@ -181,36 +221,33 @@ def fit(model, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     scored = model if ema is None else ema.module  # the weights that are evaluated, chosen and kept
+    scaler = accel.scaler() if accel is not None else None
+    loss_fn = accel.compile_loss(model.loss) if accel is not None else model.loss
     has_val = val is not None and y_val is not None and len(y_val) > 0
     best = (-1.0, -1)
     best_state = copy.deepcopy(scored.state_dict())
     history: list[dict] = []
-    epochs = range(cfg.epochs)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = epochs = tqdm(epochs, desc=desc, unit="ep", leave=False, disable=None, mininterval=0.5)
+    bar = epochs = show_progress(range(cfg.epochs), desc=desc, unit="epochs", enabled=cfg.progress, leave=False,
+                            mininterval=0.5)
     try:
         for epoch in epochs:
             model.train()
-            sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, model.loss, y=y_train, desc=desc,
+            sums, steps = run_epoch(model, train, n, cfg.batch_size, gen, opt, loss_fn, y=y_train, desc=desc,
                                     after_step=None if ema is None else (lambda: ema.update_parameters(model)),
-                                    weight=w_train)
+                                    weight=w_train, accel=accel, scaler=scaler)
             rec = {"epoch": epoch, "train_loss": sums.pop("loss", 0.0) / max(steps, 1),
                    **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
             if has_val:
-                rec["val_waf"], rec["val_loss"] = _waf(scored, val, y_val, cfg.eval_batch_size)
+                rec["val_waf"], rec["val_loss"] = _waf(scored, val, y_val, cfg.eval_batch_size, accel)
                 if rec["val_waf"] > best[0]:
                     best = (rec["val_waf"], epoch)
                     best_state = copy.deepcopy(scored.state_dict())
             if monitor is not None and y_monitor is not None and len(y_monitor):
-                rec["monitor_waf"], rec["monitor_loss"] = _waf(scored, monitor, y_monitor, cfg.eval_batch_size)
+                rec["monitor_waf"], rec["monitor_loss"] = _waf(scored, monitor, y_monitor, cfg.eval_batch_size, accel)
             history.append(rec)
             if on_epoch:
                 on_epoch(rec)
-            if bar is not None:
-                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", waf=f"{rec.get('val_waf', float('nan')):.3f}")
             if cfg.patience and has_val and epoch - best[1] >= cfg.patience:
                 log.debug("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
                 break

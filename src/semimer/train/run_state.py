@@ -30,8 +30,14 @@ from semimer.io import read_json, write_json
 DONE = "done.json"
 RUN_FILE = "run.json"
 
-#: settings that change speed, logging or memory use, never results: not in any fingerprint
-NO_EFFECT = {"train": ("progress", "threads", "tensorboard", "eval_batch_size", "frame_cache", "device")}
+#: settings that change speed, logging or memory use, never results (beyond floating-point rounding
+#: order, like the thread count): not in any fingerprint. ``train.precision`` is not one of them: a
+#: run in bfloat16/float16 differs from float32 by more than rounding, so the *resolved* precision
+#: (``auto`` -> what this device runs) is fingerprinted unless it is fp32, which every run made
+#: before the setting existed used (their fingerprints stay valid)
+NO_EFFECT = {"train": ("progress", "threads", "tensorboard", "eval_batch_size", "frame_cache", "device",
+                       "compile", "deterministic", "precision"),
+             "pretrain": ("pool", "memory_mb", "chunk_mb")}
 
 
 class RunExistsError(ValueError):
@@ -68,7 +74,21 @@ def settings(cfg, *sections: str) -> dict:
     for sec, keys in NO_EFFECT.items():
         for k in keys:
             out.get(sec, {}).pop(k, None)
+    if "train" in out:
+        prec = resolved_precision(cfg)
+        if prec != "fp32":
+            out["train"]["precision"] = prec
     return out
+
+
+def resolved_precision(cfg) -> str:
+    """``train.precision`` as this machine runs it (``auto`` resolved for ``train.device``)."""
+    from semimer.utils import resolve_precision
+
+    try:
+        return resolve_precision(cfg.train.precision, cfg.train.device)
+    except (RuntimeError, ValueError):  # e.g. device=cuda on a machine without one: the run fails later
+        return str(cfg.train.precision)
 
 
 def done(folder: str | os.PathLike, fp: str) -> dict | None:
@@ -95,7 +115,25 @@ def mark_done(folder: str | os.PathLike, fp: str, **info: Any) -> None:
 
 def claim_run_dir(out: str | os.PathLike, fp: str, overwrite: bool = False, what: str = "run") -> None:
     """Refuse to write a run into a non-empty ``out`` made with other settings (or not by semimer)
-    unless ``overwrite``; then record ``fp`` in ``out/run.json``. Same settings: resume."""
+    unless ``overwrite``; then record ``fp`` in ``out/run.json``. Same settings: resume. Under
+    ``torchrun`` rank 0 claims the folder and every rank gets its verdict."""
+    from semimer.train import distributed
+
+    if distributed.active():
+        error = None
+        if distributed.is_lead():
+            try:
+                _claim(out, fp, overwrite, what)
+            except RunExistsError as exc:
+                error = str(exc)
+        error = distributed.agree(error)
+        if error:
+            raise RunExistsError(error)
+        return
+    _claim(out, fp, overwrite, what)
+
+
+def _claim(out: str | os.PathLike, fp: str, overwrite: bool, what: str) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunExistsError(f"--out {out} is a file, not a folder")
