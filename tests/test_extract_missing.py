@@ -340,3 +340,18 @@ def test_feature_folder_of_an_older_version_resumes(mixed_run, media, tmp_path):
     assert read_json(data / "features" / VIDEO / "extractor.json")["options"]["no_face"] == "skip"
     _, missing = extract_clip_features_partial(media["mixed"] / "noface.mp4", [meta])
     assert missing == {VIDEO: "no face detected in any of 2 sampled frames"}
+
+
+def test_extraction_threads_setting(media, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["extract", str(media["speech"] / "s2.mp3"), "--out", str(tmp_path / "a"), "--no-progress",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["extract", str(media["speech"] / "s2.mp3"), "--out", str(tmp_path / "b"),
+                     "--threads", "many"]) == 1
+        assert "--threads must be auto" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--shard", metavar="I/N", help="process shard I of N (0-based); default from RANK/WORLD_SIZE")
     p.add_argument("--no-pack", action="store_true", help="do not pack the feature folders at the end")
+    p.add_argument("--threads", default="auto",
+                   help="intra-op CPU threads: auto (the cores free when extraction starts, shared among "
+                        "torchrun's local ranks), N, or 0 for torch's default")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-extractors", action="store_true", help="list registered extractors and exit")
 
@@ -133,6 +136,15 @@ def _run(args: argparse.Namespace, shard_i: int, shard_n: int, clips: list, mine
         device = pick_device(args.device)
     except RuntimeError as exc:
         raise ValueError(str(exc)) from None
+    if device.type == "cpu":  # encoders are large: auto = the free cores (never more than are free)
+        from semimer.utils import apply_threads, parse_threads
+
+        try:
+            parse_threads(args.threads)
+        except ValueError:
+            raise ValueError(f"--threads must be auto, 0 (torch's default) or a positive integer, "
+                             f"got {args.threads!r}") from None
+        log.info("extraction threads: %d", apply_threads(args.threads, what="extraction"))
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         import torch  # under torchrun each process takes its own GPU
 
