@@ -389,7 +389,8 @@ def test_the_page_in_headless_chromium(server, trained, tmp_path):
 
 
 def test_mrccl_run_shows_each_head(trained, tmp_path):
-    from semimer.infer.predict import explain_clip, load_ensemble, predict_clips
+    from semimer.infer.explain import explain_clip
+    from semimer.infer.predict import load_ensemble, predict_clips
 
     run = tmp_path / "mrccl"
     assert main(["train", "--data", str(trained["data"]), "--audio", AUDIO, "--text", trained["text"], "--video", VIDEO,

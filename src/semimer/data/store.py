@@ -448,33 +448,3 @@ class PackedWriter:
             shutil.rmtree(self.out)
         os.replace(self.tmp, self.out)
         return self.out
-
-
-def prefetched(load, items, depth: int = 1):
-    """Yield ``(item, load(item))`` for ``items`` in order, with the next ``depth`` items loaded in a
-    background thread meanwhile (feature reads release the GIL: disk and decoding overlap the
-    training or scoring of the current item). Errors of ``load`` surface at their item."""
-    items = list(items)
-    if len(items) <= 1 or depth < 1:
-        for it in items:
-            yield it, load(it)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    ex = ThreadPoolExecutor(1, thread_name_prefix="semimer-prefetch")
-    try:
-        pending: deque = deque()
-        nxt = 0
-        while nxt < len(items) and len(pending) <= depth:
-            pending.append((items[nxt], ex.submit(load, items[nxt])))
-            nxt += 1
-        while pending:
-            it, fut = pending.popleft()
-            res = fut.result()
-            if nxt < len(items):
-                pending.append((items[nxt], ex.submit(load, items[nxt])))
-                nxt += 1
-            yield it, res
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)

@@ -4,7 +4,7 @@
 limit); :mod:`~semimer.serve.uploads` turns an upload into a safe temporary file the decoder has
 accepted; :mod:`~semimer.serve.run_view` is what the page shows about the run;
 :mod:`~semimer.serve.faces` makes the face crops the page shows. Prediction itself is
-:func:`semimer.infer.predict.explain_clip`, the code path of ``semimer predict``. The page is
+:func:`semimer.infer.explain.explain_clip`, the code path of ``semimer predict``. The page is
 ``static/`` (plain HTML, CSS and JavaScript; no build step).
 
 Library use (needs ``pip install 'semimer[serve]'``)::

@@ -41,7 +41,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from semimer.extract.decode import MEDIA_EXTENSIONS
-from semimer.infer.predict import Ensemble, UnpredictableClip, explain_clip, load_ensemble, needs_transcript
+from semimer.infer.explain import UnpredictableClip, explain_clip
+from semimer.infer.predict import Ensemble, load_ensemble, needs_transcript
 from semimer.serve.faces import face_crops
 from semimer.serve.run_view import run_files, run_summary
 from semimer.serve.uploads import ApiError, clip_name, media_suffix, probe, save, too_large

@@ -23,9 +23,8 @@ from sklearn.metrics import f1_score
 from semimer.config import TrainConfig
 from semimer.data.ragged import (clip_lengths, collate, inference_batches, length_bucketed_batches, n_items,
                             to_tensors)
-from semimer.data.store import prefetched
 from semimer.train.accel import adamw
-from semimer.utils import log
+from semimer.utils import log, prefetched
 from semimer.utils import progress as show_progress
 
 MAX_EVAL_FRAMES = 65536  # padded frames per inference batch at frame level (bounds memory)

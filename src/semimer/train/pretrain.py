@@ -39,11 +39,10 @@ from semimer.data.layout import MERData
 from semimer.io import write_json
 from semimer.models import build_model
 from semimer.data.ragged import FeaturePool, Ragged, chunk_batches, length_bucketed_batches
-from semimer.data.store import prefetched
 from semimer.train import distributed, run_state
 from semimer.train.accel import adamw, setup
 from semimer.train.fit import run_epoch
-from semimer.utils import log, peak_rss_mb, progress, seed_everything
+from semimer.utils import log, peak_rss_mb, prefetched, progress, seed_everything
 
 STATS_SAMPLE = 20000
 MB = 2**20
