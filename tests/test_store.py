@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from semimer.data.store import NpyFolderStore, PackedStore, open_store, pack_folder
+from semimer.data.store import NpyFolderStore, PackedStore, PackedWriter, open_store, pack_folder
 
 
 def _names(n):
@@ -111,6 +111,63 @@ def test_packed_get_many_follows_the_order_of_names(tmp_path, seed):
     assert got.shape == (45, 4)
     for i, name in enumerate(names):
         np.testing.assert_array_equal(got[i], arrays[name])
+
+
+def test_packed_reads_of_frames_in_any_order_with_repeats_and_float16(tmp_path):
+    arrays = write_frames(tmp_path, "v-FRA", n=30, dim=6)
+    packed = PackedStore(pack_folder(tmp_path / "features" / "v-FRA", progress=False))
+    half = PackedStore(pack_folder(tmp_path / "features" / "v-FRA", tmp_path / "half", progress=False, dtype="float16"))
+    rng = np.random.default_rng(3)
+    names = list(rng.permutation(list(arrays))) + ["clip_004", "clip_004", "clip_005"]
+    for store, tol in ((packed, 0), (half, 2e-3)):
+        got = store.get_many(names)
+        for name, g in zip(names, got):
+            assert g.dtype == np.float32
+            np.testing.assert_allclose(g, arrays[name], atol=tol * np.abs(arrays[name]).max())
+    utt = write_utt(tmp_path, "a-UTT", n=25, dim=3)
+    h = PackedStore(pack_folder(tmp_path / "features" / "a-UTT", tmp_path / "half-utt", progress=False, dtype="float16"))
+    names = list(utt)[::-1]
+    np.testing.assert_allclose(h.get_many(names), np.stack([utt[n] for n in names]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(h.get("clip_007"), utt["clip_007"], rtol=1e-3, atol=1e-3)
+
+
+def test_a_truncated_pack_is_an_error_naming_the_file(tmp_path):
+    write_utt(tmp_path, "a-UTT", n=20, dim=8)
+    out = pack_folder(tmp_path / "features" / "a-UTT", progress=False)
+    f = out / "data.npy"
+    opened = PackedStore(out)
+    with open(f, "r+b") as fh:  # a copy cut short (the header still says 20 rows)
+        fh.truncate(f.stat().st_size - 8 * 4 * 3)
+    with pytest.raises(ValueError, match=re.escape(str(f)) + ".*re-run `semimer pack`"):
+        PackedStore(out)
+    with pytest.raises(ValueError, match=re.escape(str(f)) + ".*shorter than its offsets"):
+        opened.get_many(["clip_019", "clip_000"])  # cut short after it was opened
+    np.testing.assert_array_equal(opened.get("clip_000"), np.load(tmp_path / "features" / "a-UTT" / "clip_000.npy"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RssFile from /proc (Linux)")
+def test_scattered_packed_reads_map_no_file_pages(tmp_path):
+    """Gathering scattered rows of a large pack must not count the file as this process's memory:
+    through the memory map, fault-around mapped 64 KB around every row touched, so a chunk of random
+    clips from a 3 GB pool left ~2.5 GB of file pages resident (issue 13's peak-RSS regression)."""
+    def rss_file_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile"):
+                return int(line.split()[1]) / 1024
+        pytest.skip("no RssFile in /proc/self/status")
+
+    n, dim = 1500, 5120  # 30 MB
+    names = [f"c{i:05d}" for i in range(n)]
+    w = PackedWriter(tmp_path / "packed" / "t-UTT", "t-UTT", names, dim)
+    rows = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    w.write(0, rows)
+    store = PackedStore(w.close())
+    pick = np.random.default_rng(1).choice(n, 150, replace=False)  # 10 % of the rows, spread over the file
+    before = rss_file_mb()
+    got = store.get_many([names[i] for i in pick])
+    after = rss_file_mb()
+    np.testing.assert_array_equal(got, rows[pick])
+    assert after - before < 5, f"{after - before:.1f} MB of file pages mapped by reading 3 MB of rows"
 
 
 # --------------------------------------------------------------------------- open_store
