@@ -78,3 +78,25 @@ def test_data_parallel_pretraining_matches_one_process(tiny_data, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02), (one["history"], two["history"])
     assert two["history"][-1]["loss"] < two["history"][0]["loss"]
     assert (tmp_path / "two" / "pretrain" / "model.safetensors").is_file()
+
+
+def test_recipe_spreads_round_0_and_the_members_folds_together(tiny_data, tmp_path):
+    """Without self-training round 0 and the voting members need nothing from each other: their
+    3 runs x 3 folds = 9 units go over 2 ranks as 5 + 4 (run by run it would be 2 + 1 three times,
+    6 fold-times on rank 0); every prediction equals one process's."""
+    from semimer.cli import main
+
+    ds, _ = tiny_data
+    args = ["recipe", "--data", str(ds), "pretrain.enabled=false", "train.epochs=2", "train.folds=3",
+            "recipe.vote_members=[mrccl,attention,linear]", *FAST]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    for f in ("round_0/oof.csv", "member_attention/oof.csv", "member_linear/predictions.csv", "predictions.csv"):
+        n1, p1 = probs(tmp_path / "one" / f)
+        n2, p2 = probs(tmp_path / "two" / f)
+        assert n1 == n2
+        np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-6, err_msg=f)
+    ranks = [json.loads((tmp_path / "two" / run / f"fold_{k}" / "result.json").read_text())["trained_by_rank"]
+             for run in ("round_0", "member_attention", "member_linear") for k in range(3)]
+    assert sorted(ranks) == [0] * 5 + [1] * 4, ranks
+    assert "trained_by_rank" not in json.loads((tmp_path / "one" / "round_0" / "fold_0" / "result.json").read_text())

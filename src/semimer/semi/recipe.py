@@ -74,6 +74,23 @@ def _cv_summary(res: CVResult, test: dict | None, data: MERData) -> dict:
     return out
 
 
+def _spread_folds(data: MERData, jobs: list, folds: int) -> None:
+    """Under torchrun, train the folds of several CV runs whose inputs are all known (``jobs``:
+    ``(cfg, out, pseudo, init_state)``) spread over the ranks together: rank ``r`` trains the units
+    ``(run j, fold k)`` with ``(j * folds + k) % N == r``, then every rank waits once. Trained one
+    run at a time, each run's barrier would hold a rank idle whenever the folds do not divide by
+    the ranks (5 folds on 2 ranks: 3 + 3 fold-times for two runs instead of 5). The runs' own
+    calls afterwards find every fold done (same fingerprints) and only score them."""
+    if not distributed.active() or len(jobs) < 2:
+        return
+    units = distributed.mine(len(jobs) * folds)
+    for j, (cfg, out, pseudo, init_state) in enumerate(jobs):
+        mine = [u % folds for u in units if u // folds == j]
+        if mine:
+            cross_validate(data, cfg, out, pseudo=pseudo, init_state=init_state, only_folds=mine)
+    distributed.barrier()
+
+
 def member_config(cfg: RunConfig, member: str) -> RunConfig:
     """The run config of a voting member: ``model.name = member`` plus ``recipe.member_overrides``."""
     from omegaconf import OmegaConf
@@ -235,6 +252,17 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
 
     _stage(stage_no, n_stages, f"{main_cfg.model.name} fine-tuning, {cfg.train.folds}-fold CV (round 0)")
     t = time.time()
+    folds = cfg.train.folds
+    no_pseudo = [PseudoLabels([], np.zeros(0, np.int64)) for _ in range(folds)]
+    member_jobs = [(m, member_config(cfg, m), out / f"member_{m}", init if m == "mrccl" else None)
+                   for m in members[1:]]
+    for m, mcfg, _, _ in member_jobs:
+        if not np.array_equal(data_folds(data, mcfg), fold):
+            raise ValueError(f"recipe.member_overrides for {m!r} change the folds (train.seed / train.folds): "
+                             f"every member must share the main model's folds for an honest vote")
+    if rounds == 0:  # the members need no pseudo-labels: their folds and round 0's are spread together
+        _spread_folds(data, [(main_cfg, out / "round_0", None, init)]
+                      + [(mcfg, mdir, no_pseudo, minit) for _, mcfg, mdir, minit in member_jobs], folds)
     res = cross_validate(data, main_cfg, out / "round_0", init_state=init)
     timing["round_0"] = time.time() - t
     summary["stages"]["round_0"] = _cv_summary(res, test, data)
@@ -242,8 +270,7 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
 
     labeled = set(data.labeled)
     pool = [n for n in data.unlabeled if n not in labeled]
-    folds = cfg.train.folds
-    pseudo = [PseudoLabels([], np.zeros(0, np.int64)) for _ in range(folds)]
+    pseudo = list(no_pseudo)
     all_rows: list[tuple] = []
     final_round = 0
     ppr: dict[str, dict] = {}
@@ -287,13 +314,10 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         _stage(stage_no, n_stages, f"voting members: {', '.join(members[1:])}")
         stage_no += 1
         t = time.time()
-        for m in members[1:]:
-            mcfg = member_config(cfg, m)
-            if not np.array_equal(data_folds(data, mcfg), fold):
-                raise ValueError(f"recipe.member_overrides for {m!r} change the folds (train.seed / train.folds): "
-                                 f"every member must share the main model's folds for an honest vote")
-            results[m] = cross_validate(data, mcfg, out / f"member_{m}", pseudo=pseudo,
-                                        init_state=init if m == "mrccl" else None)
+        if rounds > 0:  # trained on the final round's pseudo-labels: spread now
+            _spread_folds(data, [(mcfg, mdir, pseudo, minit) for _, mcfg, mdir, minit in member_jobs], folds)
+        for m, mcfg, mdir, minit in member_jobs:
+            results[m] = cross_validate(data, mcfg, mdir, pseudo=pseudo, init_state=minit)
             member_dirs[m] = f"member_{m}"
             summary["stages"][f"member_{m}"] = _cv_summary(results[m], test, data)
         timing["members"] = time.time() - t

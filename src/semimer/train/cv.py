@@ -33,6 +33,8 @@ Under ``torchrun --nproc-per-node N`` (:mod:`semimer.train.distributed`) rank ``
 ``k % N == r``; after a barrier every rank loads every fold from the run folder (which must be on
 storage that every node sees) and computes the same OOF and candidate predictions, which equal
 those of one process (each fold is seeded by itself); rank 0 writes the run's shared files.
+``only_folds`` lets a caller spread the folds of several runs over the ranks at once (the recipe's
+round 0 and voting members); each fold's ``result.json`` names the rank that trained it.
 Threads and precision are chosen once per call (:func:`semimer.train.accel.setup`).
 
 metrics.json keys: ``cv`` (mean/std/n over folds of ``waf``, ``accuracy``, ``macro_f1`` and
@@ -136,12 +138,16 @@ def _per_fold(pseudo, n_folds: int) -> list[PseudoLabels | None]:
 
 
 def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
-                   init_state: dict[str, torch.Tensor] | None = None, predict_candidates: bool = True) -> CVResult:
+                   init_state: dict[str, torch.Tensor] | None = None, predict_candidates: bool = True,
+                   only_folds: Sequence[int] | None = None) -> CVResult | None:
     """One model per fold (resumable per fold); OOF and candidate probabilities.
 
     ``pseudo``: ``None``, one :class:`PseudoLabels` per fold (fold ``k``'s set joins fold ``k``'s
     training part only), or a single set for every fold (honest only when no labeled clip's label
     influenced it). ``init_state``: pre-trained weights loaded before each fold's training.
+    ``only_folds``: train (or reuse) just these folds in this process and return ``None`` (no
+    scoring, no barrier): how :func:`semimer.semi.recipe.run_recipe` spreads the folds of several CV
+    runs over the ranks at once; a later full call reuses them (same fingerprints).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +245,8 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
                                                          "noise_config": dataclasses.asdict(cfg.noise)})
         write_json(fdir / "result.json", {"best_epoch": fr.best_epoch, "best_val_waf": fr.best_val_waf,
                                           "selected_on": tc.select, "history": fr.history,
-                                          "seconds": round(seconds, 2)})
+                                          "seconds": round(seconds, 2),
+                                          **({"trained_by_rank": distributed.rank()} if spread else {})})
         run_state.mark_done(fdir, fp, fold=k)
         log.info("fold %d/%d trained in %.0f s (%d epochs)", k + 1, tc.folds, seconds, len(fr.history))
         return model, fr
@@ -268,6 +275,12 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         log.info("fold %d/%d: WAF %.2f  acc %.2f  (epoch %d chosen on %s)", k + 1, tc.folds, 100 * s["waf"],
                  100 * s["accuracy"], fr.best_epoch, "the inner split" if tc.select == "inner" else "none: last")
 
+    if only_folds is not None:
+        for k in only_folds:
+            if not 0 <= k < tc.folds:
+                raise ValueError(f"only_folds: fold {k} does not exist (train.folds={tc.folds})")
+            train_fold(k)
+        return None
     if not spread:  # one process: train (or reuse) and score fold by fold
         for k in range(tc.folds):
             score(k, *train_fold(k))

@@ -10,7 +10,10 @@ with gloo on CPUs and, on a machine with CUDA GPUs, NCCL for CUDA tensors (one G
   ``recipe``): rank ``r`` trains the folds ``k`` with ``k % N == r``; after a barrier every rank
   loads every fold from the run folder and computes the same out-of-fold and candidate
   predictions (folds are seeded per fold, so the predictions are those of one process); only
-  rank 0 (the *lead*) writes the run's shared files.
+  rank 0 (the *lead*) writes the run's shared files. The recipe spreads the (run, fold) units of
+  the CV runs whose inputs are known together (round 0 and the voting members without
+  self-training; the members after the last round with it), so ranks do not idle at each run's
+  barrier when the folds do not divide by the ranks.
 * **pre-training** (:mod:`semimer.train.pretrain`): DistributedDataParallel over the pool: each
   step's batch is split over the ranks, the embeddings are gathered (with gradients) so every
   contrastive term sees the whole batch's negatives, and gradients are averaged: the same loss
