@@ -74,14 +74,40 @@ def test_pool_in_memory_by_budget():
 
 
 def test_rank_share_splits_every_batch_evenly():
-    from semimer.train.pretrain import rank_share
+    from semimer.train.pretrain import pad_for_ranks, rank_share
 
     batches = [np.arange(0, 64), np.arange(64, 99)]
-    parts = [rank_share(batches, 2, r) for r in range(2)]
-    for j, b in enumerate(batches):
+    assert pad_for_ranks(batches, 1) is batches and rank_share(batches, 1, 0) is batches
+    padded = pad_for_ranks(batches, 2)
+    parts = [rank_share(padded, 2, r) for r in range(2)]
+    for j, b in enumerate(padded):
         a, c = parts[0][j], parts[1][j]
-        assert len(a) == len(c) == len(b) // 2 and not set(a) & set(c) and set(a) | set(c) <= set(b)
-    assert rank_share(batches, 1, 0) is batches
+        assert len(a) == len(c) == len(b) // 2 and not set(a) & set(c) and set(a) | set(c) == set(b)
+    with pytest.raises(ValueError, match="pad_for_ranks"):
+        rank_share(batches, 2, 0)
+
+
+@pytest.mark.parametrize("sizes,world", [([7, 7, 5], 3), ([256, 256, 100], 3), ([5, 3], 4), ([64, 35], 2), ([9], 4)])
+def test_pad_for_ranks_uses_every_clip_without_duplicates_in_a_batch(sizes, world):
+    """Worked out: [7, 7, 5] over 3 ranks -> 7 % 3 = 1, so 2 clips of the next batch join each of the
+    first two batches (9, 9) and 5 % 3 = 2 takes 1 clip of the first batch (6); a lone batch of 9 over
+    4 ranks cannot borrow and drops 1 (8)."""
+    from semimer.train.pretrain import pad_for_ranks
+
+    at = np.cumsum([0, *sizes])
+    batches = [np.arange(at[i], at[i + 1]) for i in range(len(sizes))]
+    padded = pad_for_ranks(batches, world)
+    assert all(len(b) % world == 0 for b in padded)
+    assert all(len(set(b.tolist())) == len(b) for b in padded), "no clip twice in one batch"
+    assert all(set(b[:len(o)].tolist()) == set(o.tolist()) for b, o in zip(padded, batches) if len(b) >= len(o))
+    if len(sizes) > 1:
+        assert set(np.concatenate(padded).tolist()) == set(range(at[-1])), "every clip used"
+        assert all(len(b) - len(o) == (-len(o)) % world for b, o in zip(padded, batches))
+    if sizes == [7, 7, 5]:
+        assert [len(b) for b in padded] == [9, 9, 6]
+        assert padded[0][7:].tolist() == [7, 8] and padded[2][5:].tolist() == [0]
+    if sizes == [9]:
+        assert [len(b) for b in padded] == [8]
 
 
 def _mrccl(dropout: float = 0.3, **over):

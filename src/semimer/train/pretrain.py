@@ -92,14 +92,35 @@ def epoch_batches(pool: FeaturePool, batch_size: int, gen: torch.Generator) -> l
     return length_bucketed_batches(lengths, batch_size, gen)
 
 
+def pad_for_ranks(batches: list[np.ndarray], world: int) -> list[np.ndarray]:
+    """Every batch made divisible by ``world`` (DDP gathers equal shapes from every rank): a batch
+    of ``L`` clips with ``L % world = r > 0`` gets ``world - r`` clips of the following batches
+    (never one of its own: a duplicate inside a batch would be its own negative in NT-Xent), the
+    way torch's ``DistributedSampler`` pads an epoch; every clip is used at least once per epoch.
+    Only a pool with a single batch too small to share drops its remainder. One process: as is."""
+    if world == 1:
+        return batches
+    out = []
+    n = len(batches)
+    for i, b in enumerate(batches):
+        r = len(b) % world
+        if r:
+            need = world - r
+            others = np.concatenate([batches[(i + j) % n] for j in range(1, n)]) if n > 1 else np.zeros(0, np.int64)
+            b = np.concatenate([b, others[:need]]) if len(others) >= need else b[:len(b) - r]
+        out.append(b)
+    return out
+
+
 def rank_share(batches: list[np.ndarray], world: int, rank: int) -> list[np.ndarray]:
-    """This rank's part of every batch under DDP: ``world`` equal slices (the ``len % world``
-    clips left over are not used in that step: embeddings are gathered across ranks, which needs
-    equal shapes). One process: the batches as they are."""
+    """This rank's part of every batch under DDP: ``world`` equal slices of batches made divisible
+    by :func:`pad_for_ranks`. One process: the batches as they are."""
     if world == 1:
         return batches
     out = []
     for b in batches:
+        if len(b) % world:
+            raise ValueError(f"a batch of {len(b)} clips does not divide over {world} ranks (pad_for_ranks first)")
         per = len(b) // world
         out.append(b[rank * per:(rank + 1) * per])
     return out
@@ -178,7 +199,7 @@ def pretrain(data: MERData, cfg: RunConfig, out: str | Path) -> dict[str, torch.
     try:
         for epoch in range(pc.epochs):
             model.train()
-            batches = epoch_batches(pool, pc.batch_size, gen)
+            batches = pad_for_ranks(epoch_batches(pool, pc.batch_size, gen), world)
             sums, steps = {}, 0
             chunks = chunk_batches(batches, pool.clip_bytes, chunk_bytes)
 
