@@ -552,6 +552,11 @@ def run_cli(method: str, spec: tuple, seed_dir: Path, seed: int, sets: list[str]
             if rep and abs(float(rep.get("waf", own["waf"])) - own["waf"]) > 1e-6:
                 say(f"{method}: metrics.json final.test.waf {rep.get('waf')} != predictions.csv {own['waf']}")
             result["seconds_by_stage"] = m.get("seconds")
+            # every stage's own test score (round_0 = MR-CCL alone, member_<m> = that member alone): the
+            # table derives "<method>:<stage>" rows from them (the vote's contribution, per seed)
+            result["stage_test"] = {st: {k: v["test"][k] for k in ("waf", "accuracy", "macro_f1", "n") if k in v["test"]}
+                                    for st, v in (m.get("stages") or {}).items()
+                                    if isinstance(v, dict) and isinstance(v.get("test"), dict) and "waf" in v["test"]}
             result["pseudo_labels_per_round"] = m.get("pseudo_labels_per_round")
         else:
             cv = _dig(m, "cv", "waf")
@@ -779,6 +784,11 @@ def main(argv=None) -> int:
                 if f.is_file():
                     per_seed[s] = json.loads(f.read_text())
             if per_seed:
+                for st in sorted({st for r in per_seed.values() for st in (r.get("stage_test") or {})}):
+                    derived = {sd: {"test": r["stage_test"][st], "ok": True} for sd, r in per_seed.items()
+                               if r.get("ok") and st in (r.get("stage_test") or {})}
+                    methods[f"{m}:{st}"] = {"aggregate": aggregate(derived),
+                                            "per_seed": {str(sd): r for sd, r in derived.items()}}
                 methods[m] = {"aggregate": aggregate(per_seed),
                               "per_seed": {str(s): {k: r.get(k) for k in ("test", "cv_waf", "C", "oof_waf", "wall_seconds",
                                                                           "seconds", "cmd", "error", "ok") if k in r}
