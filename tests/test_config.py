@@ -116,3 +116,16 @@ def test_member_overrides_are_checked():
     with pytest.raises(ValueError, match="model.name.*'bert'"):
         load_config(None, ["model.name=bert"], known_models=["attention", "mrccl"])
     validate(load_config(preset="recipe"), known_models=["attention", "mrccl"])
+
+
+def test_the_vote_is_off_by_default_and_on_in_the_published_ablation_rows():
+    """Defaults follow the honest benchmarks (README "Results"): the recipe submits MR-CCL alone; the
+    ablation's "full recipe" rows keep the published vote with attention and one self-training round."""
+    from semimer.semi.ablation import VARIANT_SETS
+
+    assert load_config(None, [], preset="recipe").recipe.vote_members == ["mrccl"]
+    full = {v.name: v for v in VARIANT_SETS["recipe"]}
+    for name in ("full recipe", "w/o pre-training", "w/o pseudo-labels", "w/o oversampling"):
+        assert "recipe.vote_members=[mrccl,attention]" in full[name].overrides, name
+    assert "self_train.rounds=1" in full["full recipe"].overrides
+    assert full["w/o voting"].read_from == ("full recipe", "final_round")

@@ -218,7 +218,8 @@ def test_recipe_trains_and_predicts_on_a_dataset_with_gaps(tmp_path, frames):
     feats = {"audio": "audio-FRA" if frames else "audio-UTT", "text": "text-UTT", "video": "video-UTT"}
     fast = ["train.epochs=2", "train.folds=2", "train.progress=false", "pretrain.epochs=1", "model.hidden=16",
             "model.head_hidden=8", "train.batch_size=32", "pretrain.batch_size=64", "self_train.rounds=1",
-            "self_train.selection=topk", "train.modality_dropout=0.2", "model.frame_layers=1"]
+            "self_train.selection=topk", "train.modality_dropout=0.2", "model.frame_layers=1",
+            "recipe.vote_members=[mrccl,attention]"]
     cfg = load_config(None, [f"data.root={ds}", *(f"data.{m}={f}" for m, f in feats.items()), *fast], preset="recipe")
     data = load_configured(cfg.data)
     assert data.missing["labeled"]["video"] > 20 and data.missing["candidates"]["video"] > 10

@@ -29,8 +29,9 @@ def tiny(tmp_path_factory):
 
 
 def recipe_cfg(ds, extra=()):
+    # the vote is off by default; these tests run the published one (extra may switch it off again)
     return load_config(None, [f"data.root={ds}", "model.name=mrccl", "pretrain.enabled=true", "train.oversample=true",
-                              *FAST, *LOW_TAU, *extra])
+                              "recipe.vote_members=[mrccl,attention]", *FAST, *LOW_TAU, *extra])
 
 
 def read_rows(path):
