@@ -267,3 +267,8 @@ def test_grouped_cv_keeps_groups_whole(tiny_data, tmp_path):
         fold_of_group.setdefault(r["group"], set()).add(r["fold"])
     assert len(fold_of_group) == 40 and all(len(f) == 1 for f in fold_of_group.values())
     assert json.loads((tmp_path / "g" / "metrics.json").read_text())["n_groups"] == 40
+    # the linear model's inner CV (its choice of C) is grouped the same way
+    assert main(["train", "--data", str(ds), "--out", str(tmp_path / "lin"), "--model", "linear",
+                 "data.group_column=speaker", "train.progress=false", "train.threads=1"]) == 0
+    res = json.loads((tmp_path / "lin" / "fold_0" / "result.json").read_text())
+    assert res["history"][0]["inner_grouped"] is True

@@ -42,6 +42,40 @@ def test_linear_cv_fold_equals_sklearn_pipeline(data, tmp_path):
         assert res.metrics["folds"][k]["best_epoch"] == 0
 
 
+def test_linear_inner_cv_is_grouped_like_the_folds():
+    """With group ids the inner CV that chooses C keeps each group on one side, and the fit equals
+    sklearn's LogisticRegressionCV given the same StratifiedGroupKFold splits."""
+    import torch
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from semimer.models import build_model
+
+    cs = [0.01, 0.1, 1.0]
+    cfg = load_config(None, ["model.name=linear", f"model.linear_cs={cs}"])
+    rng = np.random.default_rng(1)
+    n, groups = 120, np.repeat(np.arange(30), 4)  # 30 dialogues of 4 utterances, near-duplicates inside one
+    centre = rng.normal(size=(30, 6))
+    x = (centre[groups] + 0.05 * rng.normal(size=(n, 6))).astype(np.float32)
+    y = (centre[groups, 0] + 0.3 * rng.normal(size=n) > 0).astype(np.int64) * 2  # classes 0 and 2 of 3
+    model = build_model("linear", {"audio": 6}, 3, cfg.model)
+    xt = {"audio": torch.from_numpy(x)}
+    model.standardizer.fit(xt)
+    info = model.fit_direct(xt, y, seed=7, groups=[f"d{g}" for g in groups])
+    assert info["inner_grouped"] and info["inner_folds"] == 5
+    z = StandardScaler().fit_transform(x.astype(np.float64))
+    splits = list(StratifiedGroupKFold(5, shuffle=True, random_state=7).split(z, y, [f"d{g}" for g in groups]))
+    for tr, te in splits:
+        assert not set(groups[tr]) & set(groups[te])
+    ref = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=splits, scoring="neg_log_loss", max_iter=3000,
+                               use_legacy_attributes=False).fit(z, y)
+    assert info["C"] == float(np.ravel(ref.C_)[0])
+    got = model(xt)["probs"].detach().numpy()
+    np.testing.assert_allclose(got[:, [0, 2]], ref.predict_proba(z), atol=1e-3)
+    with pytest.raises(ValueError, match="group ids"):
+        model.fit_direct(xt, y, seed=7, groups=["a"] * 3)
+    assert not model.fit_direct(xt, y, seed=7)["inner_grouped"]
+
+
 def test_linear_binary_and_absent_classes_map_to_the_full_class_order(data):
     """Two classes present out of six: probabilities equal sklearn's binary model, absent classes ~0."""
     import torch

@@ -4,7 +4,8 @@ With a few hundred labels this is the model to beat, and a cheap, well-calibrate
 It is *fitted by scikit-learn*, not by gradient steps: :meth:`LinearModel.fit_direct` runs
 ``LogisticRegressionCV`` (pure L2, lbfgs) with the inverse regularisation ``C`` chosen from
 ``model.linear_cs`` by a seeded stratified inner 5-fold CV on the training clips it is given
-(log-loss; never the fold being scored), then copies the coefficients into a torch ``Linear`` so
+(log-loss; grouped like the outer folds when ``data.group_column`` is set; never the fold being
+scored), then copies the coefficients into a torch ``Linear`` so
 that the model saves as safetensors, predicts on any device and votes like every other model.
 
 Oversampling does not apply (duplicates would sit on both sides of the inner CV and bias ``C``);
@@ -45,23 +46,36 @@ class LinearModel(EmotionModel):
         return {"logits": logits, "probs": torch.softmax(logits, dim=-1)}
 
     @torch.no_grad()
-    def fit_direct(self, train: dict[str, torch.Tensor], y: np.ndarray, seed: int, weight: np.ndarray | None = None) -> dict:
+    def fit_direct(self, train: dict[str, torch.Tensor], y: np.ndarray, seed: int, weight: np.ndarray | None = None,
+                   groups=None) -> dict:
         """Fit on ``train`` (standardiser already fitted), ``C`` by inner CV, optional per-clip
-        ``weight`` (sample weights); returns what was chosen."""
+        ``weight`` (sample weights); returns what was chosen. ``groups`` (one id per clip, e.g. the
+        dialogue of ``data.group_column``): the inner CV keeps every group on one side, as the outer
+        folds do; utterances of one dialogue on both sides would favour a weakly regularised ``C``."""
         from sklearn.linear_model import LogisticRegressionCV
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
         X = self._design({m: train[m] for m in self.modalities}).double().cpu().numpy()
         y = np.asarray(y, dtype=np.int64)
         counts = np.bincount(y, minlength=self.num_classes)
         n_splits = int(min(5, counts[counts > 0].max()))
+        if groups is not None:
+            groups = np.asarray([str(g) for g in groups], dtype=object)
+            if len(groups) != len(y):
+                raise ValueError(f"linear model: {len(groups)} group ids for {len(y)} training clips")
+            n_splits = min(n_splits, len(set(groups.tolist())))
         if len(np.unique(y)) < 2 or n_splits < 2:
-            raise ValueError("the linear model needs at least two classes with two clips each in a training fold")
+            raise ValueError("the linear model needs at least two classes with two clips each in a training fold"
+                             + (" (and two groups)" if groups is not None else ""))
         import warnings
 
+        if groups is None:
+            cv = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+        else:  # LogisticRegressionCV takes the splits as a list
+            cv = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(X, y, groups))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class")
-            clf = LogisticRegressionCV(Cs=self.cs, l1_ratios=(0.0,), cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
+            clf = LogisticRegressionCV(Cs=self.cs, l1_ratios=(0.0,), cv=cv,
                                        scoring="neg_log_loss", max_iter=3000, class_weight=self.class_weight,
                                        use_legacy_attributes=False).fit(X, y, sample_weight=weight)
         coef = np.zeros((self.num_classes, X.shape[1]))
@@ -73,4 +87,4 @@ class LinearModel(EmotionModel):
             coef[present], bias[present] = clf.coef_, clf.intercept_
         self.classifier.weight.copy_(torch.as_tensor(coef, dtype=self.classifier.weight.dtype))
         self.classifier.bias.copy_(torch.as_tensor(bias, dtype=self.classifier.bias.dtype))
-        return {"C": float(np.ravel(clf.C_)[0]), "inner_folds": n_splits}
+        return {"C": float(np.ravel(clf.C_)[0]), "inner_folds": n_splits, "inner_grouped": groups is not None}

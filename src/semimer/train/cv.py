@@ -224,7 +224,11 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
             model.standardizer.fit(train_x)  # statistics from this fold's training part only
         t1 = time.time()
         if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
-            chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w)
+            groups = None
+            if data.groups is not None:  # the inner CV grouped like the folds; a pseudo-labeled clip is its own group
+                groups = [str(g) for g in np.asarray(data.groups, dtype=object)[fit_idx]]
+                groups += [f"\0pseudo:{n}" for n in (pk.names if pk is not None else [])]
+            chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w, groups=groups)
             fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])
         else:
             if tc.oversample:
