@@ -104,3 +104,61 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """Read a CSV into dicts (header required). UTF-8 with or without BOM."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         return list(csv.DictReader(fh))
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def read_spans(fd: int, base: int, row_bytes: int, spans: Sequence[tuple[int, int]], dests: Sequence) -> None:
+    """Fill ``dests[k]`` (a C-contiguous array of ``n`` rows) with rows ``[start, start + n)`` of a
+    file of fixed-size rows starting at byte ``base``, for each ``(start, n)`` of ``spans``: positional
+    reads in file order, the buffers of adjacent spans in one ``preadv`` (``pread`` where it is
+    missing). Nothing is memory-mapped, so scattered reads of a large file add nothing to this
+    process's resident memory. A file shorter than the spans say raises ``EOFError``."""
+    order = sorted(range(len(spans)), key=lambda k: spans[k][0])
+    k = 0
+    while k < len(order):
+        start = end = spans[order[k]][0]
+        bufs = []
+        while k < len(order) and spans[order[k]][0] == end and len(bufs) < _IOV_MAX:
+            j = order[k]
+            if spans[j][1]:
+                bufs.append(memoryview(dests[j]).cast("B"))
+            end += spans[j][1]
+            k += 1
+        if bufs:
+            got, want = _preadv(fd, bufs, base + start * row_bytes), (end - start) * row_bytes
+            if got != want:
+                raise EOFError(f"read {got} of {want} bytes at row {start}")
+
+
+def _preadv(fd: int, bufs: list, offset: int) -> int:
+    """Fill ``bufs`` from ``fd`` at ``offset``; the bytes read (short only at the end of the file)."""
+    total = sum(len(b) for b in bufs)
+    if not hasattr(os, "preadv"):
+        data = os.pread(fd, total, offset)
+        at = 0
+        for b in bufs:
+            part = data[at:at + len(b)]
+            b[:len(part)] = part
+            at += len(part)
+        return len(data)
+    got = 0
+    while got < total:
+        n = os.preadv(fd, _skip(bufs, got), offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _skip(bufs: list, n: int) -> list:
+    """The buffers after their first ``n`` bytes (to resume a short ``preadv``)."""
+    out = []
+    for b in bufs:
+        if n >= len(b):
+            n -= len(b)
+            continue
+        out.append(b[n:])
+        n = 0
+    return out

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from semimer.io import read_json, write_json
+from semimer.io import read_spans, read_json, write_json
 
 PACKED_DIRNAME = "packed"
 FEATURES_DIRNAME = "features"
@@ -210,6 +210,7 @@ class PackedStore(FeatureStore):
             raise ValueError(f"{self.path}/names.json has duplicate clip names; re-pack the feature")
         try:  # mapped for its header (shape, dtype, data offset); rows are read with preadv
             self.data = np.load(self.path / "data.npy", mmap_mode="r")
+            self._base = int(self.data.offset)  # byte offset of row 0
         except (ValueError, OSError) as exc:
             raise ValueError(f"{self.path / 'data.npy'}: cannot open ({exc}); the pack is damaged, "
                              f"re-run `semimer pack`") from exc
@@ -269,29 +270,14 @@ class PackedStore(FeatureStore):
         3 GB pool counted ~1.5 GB of file pages as resident memory until released (the peak-RSS
         regression of issue 13). Positional reads go through the page cache without mapping anything.
         ``into``: an ``(len(spans), dim)`` float32 array to fill (utterance level, one row per span)."""
-        fd = self._fd()
         dt = self.data.dtype
-        row = self.dim * dt.itemsize
         direct = into is not None and dt == np.float32
         dest = [into[k:k + 1] if direct else np.empty((n, self.dim), dtype=dt) for k, (_, n) in enumerate(spans)]
-        order = sorted(range(len(spans)), key=lambda k: spans[k][0])
-        k = 0
-        while k < len(order):  # one preadv per run of adjacent spans (at most IOV_MAX buffers)
-            start = spans[order[k]][0]
-            bufs, end = [], start
-            while k < len(order) and spans[order[k]][0] == end and len(bufs) < _IOV_MAX:
-                j = order[k]
-                if spans[j][1]:
-                    bufs.append(memoryview(dest[j]).cast("B"))
-                end += spans[j][1]
-                k += 1
-            if not bufs:  # only zero-length spans
-                continue
-            want = (end - start) * row
-            got = _preadv(fd, bufs, self._base + start * row)
-            if got != want:
-                raise ValueError(f"{self.path / 'data.npy'} is shorter than its offsets say (read {got} of {want} "
-                                 f"bytes at row {start}); the pack is damaged, re-run `semimer pack`")
+        try:
+            read_spans(self._fd(), self._base, self.dim * dt.itemsize, spans, dest)
+        except EOFError as exc:
+            raise ValueError(f"{self.path / 'data.npy'} is shorter than its offsets say ({exc}); "
+                             f"the pack is damaged, re-run `semimer pack`") from exc
         if into is not None and not direct:
             for k, d in enumerate(dest):
                 into[k] = d[0]
@@ -302,7 +288,6 @@ class PackedStore(FeatureStore):
         if getattr(self, "_fd_pid", None) != os.getpid():
             self._file = open(self.path / "data.npy", "rb")  # closed with the store
             self._fd_pid = os.getpid()
-            self._base = int(self.data.offset)
         return self._file.fileno()
 
     def get_many(self, names: Sequence[str]):
@@ -327,42 +312,6 @@ class PackedStore(FeatureStore):
         for name, arr in zip(names, out):
             self._check(name, arr)
         return out
-
-
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-
-
-def _preadv(fd: int, bufs: list, offset: int) -> int:
-    """Fill ``bufs`` from ``fd`` at ``offset`` (``os.preadv``; ``os.pread`` where it is missing);
-    the bytes read (short only at the end of the file)."""
-    total = sum(len(b) for b in bufs)
-    if hasattr(os, "preadv"):
-        got = 0
-        while got < total:  # a regular file returns short only at its end, but be exact
-            n = os.preadv(fd, bufs, offset + got) if got == 0 else os.preadv(fd, _skip(bufs, got), offset + got)
-            if n == 0:
-                break
-            got += n
-        return got
-    data = os.pread(fd, total, offset)
-    at = 0
-    for b in bufs:
-        part = data[at:at + len(b)]
-        b[:len(part)] = part
-        at += len(part)
-    return len(data)
-
-
-def _skip(bufs: list, n: int) -> list:
-    """The buffers after their first ``n`` bytes (to resume a short ``preadv``)."""
-    out = []
-    for b in bufs:
-        if n >= len(b):
-            n -= len(b)
-            continue
-        out.append(b[n:])
-        n = 0
-    return out
 
 
 def _folder_state(folder: Path) -> dict | None:

@@ -164,13 +164,14 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         tc = dataclasses.replace(tc, lr=tc.lr * cfg.pretrain.finetune_lr_scale)
     stage_fp = run_state.fingerprint("cv", run_state.settings(cfg, "data", "model", "noise", "train"), tc.lr,
                                      data.summary(), _groups(data), fold, init_state)
-    if lead:
+    if lead and only_folds is None:  # a partial call (only_folds) leaves the run's files to the full one
         write_text(out / "config.yaml", to_yaml(cfg))
         write_features_json(out, data)
         save_folds(out / "folds.csv", data.labeled, data.labels, fold, classes, data.groups)
     t0 = time.time()
     feats = load_features(data, data.labeled, device, tc.frame_cache)
     y_all = data.labels
+    all_groups = _groups(data)
     overlap = set().union(*(set(p.names) for p in pseudo if p is not None)) & set(data.labeled)
     if overlap:
         raise ValueError(f"pseudo-labeled clips overlap the labeled set, e.g. {sorted(overlap)[:3]}")
@@ -226,7 +227,7 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
             groups = None
             if data.groups is not None:  # the inner CV grouped like the folds; a pseudo-labeled clip is its own group
-                groups = [str(g) for g in np.asarray(data.groups, dtype=object)[fit_idx]]
+                groups = [all_groups[i] for i in fit_idx]
                 groups += [f"\0pseudo:{n}" for n in (pk.names if pk is not None else [])]
             chosen = model.fit_direct(train_x, train_y, seed=fold_seed(tc.seed, k), weight=train_w, groups=groups)
             fr = FitResult(0, float("nan"), [{"epoch": 0, "train_loss": float("nan"), **chosen}])

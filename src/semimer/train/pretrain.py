@@ -105,9 +105,13 @@ def pad_for_ranks(batches: list[np.ndarray], world: int) -> list[np.ndarray]:
     for i, b in enumerate(batches):
         r = len(b) % world
         if r:
-            need = world - r
-            others = np.concatenate([batches[(i + j) % n] for j in range(1, n)]) if n > 1 else np.zeros(0, np.int64)
-            b = np.concatenate([b, others[:need]]) if len(others) >= need else b[:len(b) - r]
+            need, borrowed = world - r, []
+            for j in range(1, n):  # the next batches, wrapping around, only as far as needed
+                borrowed.append(batches[(i + j) % n][:need])
+                need -= len(borrowed[-1])
+                if not need:
+                    break
+            b = np.concatenate([b, *borrowed]) if not need else b[:len(b) - r]
         out.append(b)
     return out
 
