@@ -127,6 +127,9 @@ CLI_METHODS = {
     "recipe_no_pretrain": ("recipe", [], ["pretrain.enabled=false"]),
     "recipe_no_oversample": ("recipe", [], ["train.oversample=false"]),
     "recipe_mrccl_only": ("recipe", [], ["recipe.vote_members=[mrccl]"]),
+    "recipe_vote_linear": ("recipe", [], ["recipe.vote_members=[mrccl,linear]"]),
+    "recipe_vote_linear_equal": ("recipe", [], ["recipe.vote_members=[mrccl,linear]", "recipe.vote_weights=equal"]),
+    "recipe_vote_all_equal": ("recipe", [], ["recipe.vote_members=[mrccl,attention,linear]", "recipe.vote_weights=equal"]),
 }
 ABLATIONS = ["recipe_no_selftrain", "recipe_no_pretrain", "recipe_no_oversample", "recipe_mrccl_only"]
 LR_METHODS = ["lr", "lr_balanced"]

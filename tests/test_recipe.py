@@ -196,3 +196,36 @@ def test_per_fold_pseudo_labels_do_not_depend_on_the_folds_own_labels(tiny, tmp_
     f1 = {d: [(r["name"], r["discrete"]) for r in rows[d] if r["fold"] == "1"] for d in rows}
     assert f0["a"] and f0["a"] == f0["b"]
     assert f1["a"] != f1["b"]  # fold 1's model trained on fold 0's (changed) labels
+
+
+def test_equal_weight_vote_is_the_plain_mean_of_its_members(tiny, tmp_path):
+    """recipe.vote_weights=equal: nothing fitted, the submitted and OOF probabilities are the plain
+    mean of the members' own files (worked out here from those files, not from the voting code)."""
+    from semimer.semi.recipe import run_recipe
+
+    ds, test_labels = tiny
+    cfg = recipe_cfg(ds, ["recipe.vote_members=[mrccl,linear]", "recipe.vote_weights=equal", "self_train.rounds=0",
+                          "pretrain.enabled=false", "train.folds=3"])
+    data = load_dataset(ds, cfg.data.features())
+    s = run_recipe(data, cfg, tmp_path / "run", test_labels)
+    run = tmp_path / "run"
+    vote = s["stages"]["vote"]
+    assert vote["chosen"] == "equal" and vote["weights"] == {"mrccl": 0.5, "linear": 0.5}
+    classes = list(cfg.data.classes)
+
+    def probs(path):
+        rows = read_rows(path)
+        return [r["name"] for r in rows], np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+
+    for f in ("oof.csv", "predictions.csv"):
+        names, p = probs(run / f)
+        n0, p0 = probs(run / "round_0" / f)
+        n1, p1 = probs(run / "member_linear" / f)
+        assert names == n0 == n1
+        np.testing.assert_allclose(p, (p0 + p1) / 2, atol=2e-6)
+    oof = read_rows(run / "oof.csv")
+    from sklearn.metrics import f1_score
+    assert f1_score([r["true"] for r in oof], [r["discrete"] for r in oof], average="weighted") == \
+        pytest.approx(vote["nested_oof_waf"], abs=1e-9)
+    with pytest.raises(ValueError, match="vote_weights"):
+        load_config(None, ["recipe.vote_weights=median"])

@@ -198,6 +198,10 @@ class RecipeConfig:
     # (README "Results"); [mrccl,attention] (or + linear) turns it on
     vote_members: list = field(default_factory=lambda: ["mrccl"])
     vote_grid_step: float = 0.1
+    # how the members' weights are set: "choose" = the grid vote, equal weights or one member alone,
+    # whichever scores best out of sample (nested over folds); "equal" = equal weights, nothing fitted
+    # (no choice to overfit on a few hundred labels)
+    vote_weights: str = "choose"
     # per-member key=value overrides (each member trained with its own best settings); the
     # attention baseline loses ~9 WAF points with oversampling on the synthetic benchmark
     # (keys: model names, checked by the commands against semimer.models.list_models())
@@ -370,6 +374,8 @@ def validate(cfg: RunConfig, known_models: Iterable[str] | None = None) -> None:
     if not 0.0 < st.topk_fraction <= 1.0 or not 0.0 <= st.min_confidence <= 1.0:
         raise ValueError(f"self_train.topk_fraction must be in (0, 1] and min_confidence in [0, 1], got "
                          f"{st.topk_fraction}, {st.min_confidence}")
+    if cfg.recipe.vote_weights not in ("choose", "equal"):
+        raise ValueError(f"recipe.vote_weights must be choose or equal, got {cfg.recipe.vote_weights!r}")
     if not cfg.pretrain.finetune_lr_scale > 0:
         raise ValueError(f"pretrain.finetune_lr_scale must be > 0, got {cfg.pretrain.finetune_lr_scale}")
 

@@ -323,7 +323,11 @@ def run_recipe(data: MERData, cfg: RunConfig, out: str | Path, test_labels: str 
         timing["members"] = time.time() - t
         _stage(stage_no, n_stages, "weighted soft voting (chosen and scored out of sample: nested over folds)")
         oofs = [results[m].oof_probs for m in members]
-        if folds >= 3:  # choose among the grid vote, equal weights and each member; score the choice nested
+        if cfg.recipe.vote_weights == "equal":  # nothing fitted: the OOF vote is out of sample as it is
+            chosen, candidates, per_fold_choice = "equal", None, None
+            weights = np.full(len(members), 1.0 / len(members))
+            oof = soft_vote(oofs, weights)
+        elif folds >= 3:  # choose among the grid vote, equal weights and each member; score the choice nested
             chosen, weights, candidates = choose_ensemble(oofs, data.labels, fold, members, cfg.recipe.vote_grid_step)
             oof, per_fold_choice = nested_choice(oofs, data.labels, fold, members, cfg.recipe.vote_grid_step)
         else:  # two folds cannot nest a choice: the grid vote, scored nested
