@@ -9,7 +9,6 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from semimer.config import load_config
-from semimer.data.folds import inner_split
 from semimer.data.layout import load_dataset
 from semimer.data.synth import FEATURE_NAMES
 
@@ -31,10 +30,10 @@ def test_linear_cv_fold_equals_sklearn_pipeline(data, tmp_path):
     X = np.concatenate([feats[m] for m in ("audio", "text", "video")], axis=1).astype(np.float64)
     y = data.labels
     for k in (0, 3):
-        fit_idx, _ = inner_split(np.flatnonzero(fold != k), y, cfg.train.inner_fraction, fold_seed(0, k))
+        fit_idx = np.flatnonzero(fold != k)  # the whole training part: no clips held back for epoch selection
         scaler = StandardScaler().fit(X[fit_idx])
         cv = StratifiedKFold(5, shuffle=True, random_state=fold_seed(0, k))
-        ref = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=cv, scoring="neg_log_loss", max_iter=3000,
+        ref = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=cv, scoring=_waf, max_iter=3000,
                                    use_legacy_attributes=False).fit(scaler.transform(X[fit_idx]), y[fit_idx])
         va = fold == k
         want = ref.predict_proba(scaler.transform(X[va]))
@@ -42,7 +41,14 @@ def test_linear_cv_fold_equals_sklearn_pipeline(data, tmp_path):
         assert res.metrics["folds"][k]["best_epoch"] == 0
 
 
-def test_linear_inner_cv_is_grouped_like_the_folds():
+def _waf(est, X, y):  # weighted F1 as a plain callable (sklearn 1.9's string F1 scorers break on 2 classes here)
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, est.predict(X), average="weighted", zero_division=0)
+
+
+@pytest.mark.parametrize("scoring,sk_scoring", [("waf", _waf), ("log_loss", "neg_log_loss")])
+def test_linear_inner_cv_is_grouped_like_the_folds(scoring, sk_scoring):
     """With group ids the inner CV that chooses C keeps each group on one side, and the fit equals
     sklearn's LogisticRegressionCV given the same StratifiedGroupKFold splits."""
     import torch
@@ -51,7 +57,7 @@ def test_linear_inner_cv_is_grouped_like_the_folds():
     from semimer.models import build_model
 
     cs = [0.01, 0.1, 1.0]
-    cfg = load_config(None, ["model.name=linear", f"model.linear_cs={cs}"])
+    cfg = load_config(None, ["model.name=linear", f"model.linear_cs={cs}", f"model.linear_scoring={scoring}"])
     rng = np.random.default_rng(1)
     n, groups = 120, np.repeat(np.arange(30), 4)  # 30 dialogues of 4 utterances, near-duplicates inside one
     centre = rng.normal(size=(30, 6))
@@ -66,7 +72,7 @@ def test_linear_inner_cv_is_grouped_like_the_folds():
     splits = list(StratifiedGroupKFold(5, shuffle=True, random_state=7).split(z, y, [f"d{g}" for g in groups]))
     for tr, te in splits:
         assert not set(groups[tr]) & set(groups[te])
-    ref = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=splits, scoring="neg_log_loss", max_iter=3000,
+    ref = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=splits, scoring=sk_scoring, max_iter=3000,
                                use_legacy_attributes=False).fit(z, y)
     assert info["C"] == float(np.ravel(ref.C_)[0])
     got = model(xt)["probs"].detach().numpy()
@@ -107,6 +113,8 @@ def test_linear_is_a_vote_member_and_rejects_bad_settings(data, tmp_path):
         build_model("linear", {"audio": 3}, 6, load_config(None, ["model.linear_cs=[0]"]).model)
     with pytest.raises(ValueError, match="linear_class_weight"):
         build_model("linear", {"audio": 3}, 6, load_config(None, ["model.linear_class_weight=auto"]).model)
+    with pytest.raises(ValueError, match="linear_scoring"):
+        load_config(None, ["model.linear_scoring=accuracy"])
     cfg = load_config(None, [f"data.root={data.root}", "recipe.vote_members=[attention,linear]", "self_train.rounds=0",
                              "train.epochs=2", "train.folds=3", "train.progress=false", "model.hidden=16"])
     s = run_recipe(data, cfg, tmp_path / "run")

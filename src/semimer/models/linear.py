@@ -4,11 +4,13 @@ With a few hundred labels this is the model to beat, and a cheap, well-calibrate
 It is *fitted by scikit-learn*, not by gradient steps: :meth:`LinearModel.fit_direct` runs
 ``LogisticRegressionCV`` (pure L2, lbfgs) with the inverse regularisation ``C`` chosen from
 ``model.linear_cs`` by a seeded stratified inner 5-fold CV on the training clips it is given
-(log-loss; grouped like the outer folds when ``data.group_column`` is set; never the fold being
-scored), then copies the coefficients into a torch ``Linear`` so
+(weighted F1 by default, ``model.linear_scoring=log_loss`` for calibration; grouped like the
+outer folds when ``data.group_column`` is set; never the fold being scored), then copies the coefficients into a torch ``Linear`` so
 that the model saves as safetensors, predicts on any device and votes like every other model.
 
-Oversampling does not apply (duplicates would sit on both sides of the inner CV and bias ``C``);
+It is fitted on the whole training part of a fold (no clips held back for epoch selection:
+``train.select`` does not apply). Oversampling does not apply (duplicates would sit on both sides
+of the inner CV and bias ``C``);
 ``model.linear_class_weight=balanced`` reweights classes instead.
 """
 
@@ -21,6 +23,18 @@ from torch import nn
 from semimer.models import register_model
 from semimer.models.base import EmotionModel
 
+
+
+def _waf_scorer(estimator, X, y) -> float:
+    """Weighted F1 of ``estimator`` on ``(X, y)``: a plain callable, because scikit-learn 1.9's
+    LogisticRegressionCV rebuilds string F1 scorers with ``pos_label`` twice on binary problems."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, estimator.predict(X), average="weighted", zero_division=0))
+
+
+#: model.linear_scoring -> the scorer of the inner CV that chooses C
+SCORING = {"waf": _waf_scorer, "log_loss": "neg_log_loss"}
 #: logit given to a class absent from the training clips (probability ~0, never predicted)
 ABSENT_LOGIT = -30.0
 
@@ -35,6 +49,10 @@ class LinearModel(EmotionModel):
         if cfg.linear_class_weight not in (None, "balanced"):
             raise ValueError(f"model.linear_class_weight must be null or balanced, got {cfg.linear_class_weight!r}")
         self.class_weight = cfg.linear_class_weight
+        scoring = getattr(cfg, "linear_scoring", "waf")
+        if scoring not in SCORING:
+            raise ValueError(f"model.linear_scoring must be one of {', '.join(SCORING)}, got {scoring!r}")
+        self.scoring = SCORING[scoring]
         self.classifier = nn.Linear(sum(dims.values()), num_classes)
 
     def _design(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -76,7 +94,7 @@ class LinearModel(EmotionModel):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class")
             clf = LogisticRegressionCV(Cs=self.cs, l1_ratios=(0.0,), cv=cv,
-                                       scoring="neg_log_loss", max_iter=3000, class_weight=self.class_weight,
+                                       scoring=self.scoring, max_iter=3000, class_weight=self.class_weight,
                                        use_legacy_attributes=False).fit(X, y, sample_weight=weight)
         coef = np.zeros((self.num_classes, X.shape[1]))
         bias = np.full(self.num_classes, ABSENT_LOGIT)

@@ -180,13 +180,19 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
     clips_seen, train_seconds = 0, 0.0
     accel = None
     plans = []
+    # a directly fitted model (sklearn inside, e.g. linear) chooses its settings by its own inner CV:
+    # it is fitted on the whole training part, no clips held back for epoch selection
+    from semimer.models import MODELS, list_models
+
+    list_models()  # the built-in models registered
+    direct = hasattr(MODELS.get(cfg.model.name), "fit_direct")
     for k in range(tc.folds):
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         pk = pseudo[k]
         fp = run_state.fingerprint(stage_fp, k, None if pk is None else [list(pk.names), np.asarray(pk.labels).tolist()],
                                    None if pk is None or pk.weights is None else np.asarray(pk.weights, np.float64))
         fold_fps.append(fp)
-        if tc.select == "inner":
+        if tc.select == "inner" and not direct:
             fit_idx, sel_idx = inner_split(tr, y_all, tc.inner_fraction, fold_seed(tc.seed, k), data.groups)
         else:
             fit_idx, sel_idx = tr, np.zeros(0, np.int64)
