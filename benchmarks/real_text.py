@@ -38,11 +38,18 @@ Stages (``--stages``, comma separated; the dataset is built whenever a stage nee
                 5-fold stratified CV on the labeled clips (``--lr-grid``, default 3e-4 .. 1); rows ``lr`` (class_weight
                 None) and ``lr_balanced``;
 * ``lr_single`` the same (class_weight None) on one encoder at a time: ``lr_e5``, ``lr_minilm``, ``lr_use``;
+* ``lr_more``   a yardstick, not a competitor: the ``lr`` reference trained on the labeled clips plus N
+                pool clips *with their real labels* (the first N of a seeded permutation of the pool
+                clips that have a MER class, ``--more``, default 1000,3000): rows ``lr_plus<N>``. What N more labels would buy says
+                how much a semi-supervised method can be asked to get out of the pool;
 * ``baseline``  ``semimer train --model attention``; ``mrccl``: ``semimer train --model mrccl``;
 * ``recipe``    ``semimer recipe --test-labels ...``;
 * ``ablations`` = ``recipe_no_selftrain`` (self_train.rounds=0), ``recipe_no_pretrain``
                 (pretrain.enabled=false), ``recipe_no_oversample`` (train.oversample=false),
                 ``recipe_mrccl_only`` (recipe.vote_members=[mrccl]); each can also be named alone;
+* ``recipe_seed100``, ``recipe_seed200``: the default recipe on the same dataset with training seed
+                S + 100 / S + 200 (folds, initial weights, pre-training draws): the recipe's own seed noise;
+                when all three are there, row ``recipe_seeds_averaged`` scores their mean probabilities;
 * any ``--variant "NAME=train|recipe key=value ..."`` (repeatable) defines one more CLI method NAME.
 
 Every CLI run gets ``train.threads=1 train.progress=false`` plus ``--set`` overrides, one thread of
@@ -131,9 +138,14 @@ CLI_METHODS = {
     "recipe_vote_linear_equal": ("recipe", [], ["recipe.vote_members=[mrccl,linear]", "recipe.vote_weights=equal"]),
     "recipe_vote_all_equal": ("recipe", [], ["recipe.vote_members=[mrccl,attention,linear]", "recipe.vote_weights=equal"]),
 }
+#: the default recipe again with another training seed (dataset seed S -> --seed S + offset; the same
+#: labeled / pool / test clips): how far the recipe's own mean over seeds moves with its seed alone
+SEED_OFFSETS = {"recipe_seed100": 100, "recipe_seed200": 200}
+CLI_METHODS.update({m: ("recipe", [], []) for m in SEED_OFFSETS})
 ABLATIONS = ["recipe_no_selftrain", "recipe_no_pretrain", "recipe_no_oversample", "recipe_mrccl_only"]
 LR_METHODS = ["lr", "lr_balanced"]
 LR_SINGLE = [f"lr_{e}" for e in ENCODERS]
+MORE_SEED = 1000  # seeds the pool permutation of lr_more (plus the dataset seed)
 QUICK_SETS = ["train.epochs=5", "pretrain.epochs=1"]
 
 _print_lock = threading.Lock()
@@ -424,6 +436,25 @@ def score_predictions(pred_csv: Path, test: dict[str, str]) -> dict:
     return score([test[n] for n in names], [pred[n] for n in names])
 
 
+def score_average(pred_csvs: list[Path], test: dict[str, str]) -> dict:
+    """Argmax of the mean ``prob_<class>`` columns of several predictions.csv files (same clips and
+    classes) against the test labels."""
+    probs, cols = [], None
+    for p in pred_csvs:
+        with open(p, newline="", encoding="utf-8") as fh:
+            rows = {r["name"]: r for r in csv.DictReader(fh)}
+        pcols = sorted(c for c in next(iter(rows.values()), {}) if c.startswith("prob_"))
+        if cols is not None and pcols != cols:
+            raise ValueError(f"{p}: prob_<class> columns {pcols} differ from {cols}")
+        cols = pcols
+        missing = [n for n in test if n not in rows]
+        if missing:
+            raise ValueError(f"{p}: {len(missing)} test clip(s) without prediction, e.g. {missing[:3]}")
+        probs.append(np.array([[float(rows[n][c]) for c in cols] for n in sorted(test)]))
+    mean = np.mean(probs, axis=0)
+    return score([test[n] for n in sorted(test)], [cols[i][5:] for i in mean.argmax(1)])
+
+
 def _dig(d, *path):
     for k in path:
         if not isinstance(d, dict) or k not in d:
@@ -506,7 +537,7 @@ def run_cli(method: str, spec: tuple, seed_dir: Path, seed: int, sets: list[str]
     args = [command, "--data", str(ds)]
     for mod, feat in ENCODERS.values():
         args += [f"--{mod}", feat]
-    args += [*options, "--out", str(run), "--seed", str(seed)]
+    args += [*options, "--out", str(run), "--seed", str(seed + SEED_OFFSETS.get(method, 0))]
     if command == "recipe":
         args += ["--test-labels", str(seed_dir / "test-labels.csv")]
     args += [*overrides, "train.threads=1", "train.progress=false", *sets]
@@ -648,6 +679,8 @@ def parse_args(argv):
     ap.add_argument("--lr-grid", default="0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1",
                     help="C values for the LR reference (on MELD and EmoryNLP with 1,000 labels, 0.01 won every "
                          "seed on a 0.01..1 grid, hence the smaller values)")
+    ap.add_argument("--more", default="1000,3000",
+                    help="lr_more: numbers of pool clips added with their real labels (comma separated)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel CLI runs (and LR CV fits)")
     ap.add_argument("--threads", type=int, default=1, help="threads of the sentence encoders")
     ap.add_argument("--batch", type=int, default=64, help="sentence encoder batch size")
@@ -662,6 +695,7 @@ def parse_args(argv):
     args.pool = args.pool if args.pool is not None else (2000 if args.quick else 0)
     args.sets = (QUICK_SETS if args.quick else []) + list(args.set)
     args.grid = [float(c) for c in args.lr_grid.split(",")]
+    args.more = [int(n) for n in args.more.split(",") if n.strip()]
     args.corpora = ["meld", "emorynlp"] if args.corpus == "both" else [args.corpus]
     methods = dict(CLI_METHODS)
     for v in args.variant:
@@ -676,7 +710,7 @@ def parse_args(argv):
     for s in (x.strip() for x in args.stages.split(",") if x.strip()):
         expand = ABLATIONS if s == "ablations" else [s]
         for e in expand:
-            if e not in ("build", "lr", "lr_single", *methods):
+            if e not in ("build", "lr", "lr_single", "lr_more", *methods):
                 ap.error(f"unknown stage {e!r}")
             if e not in stages:
                 stages.append(e)
@@ -725,26 +759,33 @@ def main(argv=None) -> int:
                                "n_train": sum(u.split == "train" for u in utts),
                                "n_dev": sum(u.split == "dev" for u in utts)}
 
-        lr_names = [m for m in ("lr", "lr_single") if m in args.stage_list]
+        lr_names = [m for m in ("lr", "lr_single", "lr_more") if m in args.stage_list]
         if lr_names:
             t = time.time()
             for s in args.seeds:
                 sp, sdir = splits[s], cdir / f"seed{s}"
                 y, yt = [by[n].cls for n in sp["labeled"]], [by[n].cls for n in sp["test"]]
-                X = {e: emb["caches"][e].get(sp["labeled"]) for e in ENCODERS}
                 Xt = {e: emb["caches"][e].get(sp["test"]) for e in ENCODERS}
                 runs = []
                 if "lr" in lr_names:
-                    runs += [("lr", list(ENCODERS), None), ("lr_balanced", list(ENCODERS), "balanced")]
+                    runs += [("lr", list(ENCODERS), None, 0), ("lr_balanced", list(ENCODERS), "balanced", 0)]
                 if "lr_single" in lr_names:
-                    runs += [(f"lr_{e}", [e], None) for e in ENCODERS]
-                for method, encs, cw in runs:
+                    runs += [(f"lr_{e}", [e], None, 0) for e in ENCODERS]
+                if "lr_more" in lr_names:
+                    runs += [(f"lr_plus{n}", list(ENCODERS), None, n) for n in args.more]
+                classed = [n for n in sp["pool"] if by[n].cls is not None]  # pool clips with a MER class
+                perm = np.random.default_rng(MORE_SEED + s).permutation(len(classed))
+                for method, encs, cw, more in runs:
                     res_file = sdir / "results" / f"{method}.json"
                     lr_key = {"encoders": encs, "class_weight": cw, "grid": args.grid}
+                    if more:  # the pool clips whose real labels are added (a yardstick, see lr_more)
+                        lr_key["more"] = {"n": more, "permutation_seed": MORE_SEED + s}
                     if res_file.is_file() and not args.rerun and json.loads(res_file.read_text()).get("key") == lr_key:
                         continue
-                    r = run_lr(np.concatenate([X[e] for e in encs], 1), y, np.concatenate([Xt[e] for e in encs], 1),
-                               yt, s, args.grid, cw, args.jobs)
+                    names = sp["labeled"] + [classed[i] for i in perm[:more]]
+                    X = {e: emb["caches"][e].get(names) for e in encs}
+                    r = run_lr(np.concatenate([X[e] for e in encs], 1), [by[n].cls for n in names],
+                               np.concatenate([Xt[e] for e in encs], 1), yt, s, args.grid, cw, args.jobs)
                     r.update(method=method, key=lr_key, ok=True)
                     res_file.parent.mkdir(parents=True, exist_ok=True)
                     res_file.write_text(json.dumps(r, indent=2))
@@ -779,7 +820,7 @@ def main(argv=None) -> int:
     results = {}
     for corpus in args.corpora:
         methods: dict[str, dict] = {}
-        order = LR_METHODS + LR_SINGLE + list(args.cli_methods)
+        order = LR_METHODS + LR_SINGLE + [f"lr_plus{n}" for n in args.more] + list(args.cli_methods)
         for m in order:
             per_seed = {}
             for s in args.seeds:
@@ -796,6 +837,15 @@ def main(argv=None) -> int:
                               "per_seed": {str(s): {k: r.get(k) for k in ("test", "cv_waf", "C", "oof_waf", "wall_seconds",
                                                                           "seconds", "cmd", "error", "ok") if k in r}
                                            for s, r in per_seed.items()}}
+        # the default recipe's predictions averaged over its training seeds (S, S + 100, S + 200)
+        avg = {}
+        for s in args.seeds:
+            sdir = out / corpus / f"seed{s}"
+            csvs = [sdir / "runs" / m / "predictions.csv" for m in ("recipe", *SEED_OFFSETS)]
+            if all(p.is_file() for p in csvs):
+                avg[s] = {"test": score_average(csvs, read_labels(sdir / "test-labels.csv")), "ok": True}
+        if avg:
+            methods["recipe_seeds_averaged"] = {"aggregate": aggregate(avg), "per_seed": {str(s): r for s, r in avg.items()}}
         results[corpus] = {**corpus_info[corpus], "methods": methods}
     print_table(results, args.corpora, len(args.seeds))
     merged = dict(results)
