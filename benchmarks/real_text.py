@@ -49,7 +49,8 @@ Stages (``--stages``, comma separated; the dataset is built whenever a stage nee
                 ``recipe_mrccl_only`` (recipe.vote_members=[mrccl]); each can also be named alone;
 * ``recipe_seed100``, ``recipe_seed200``: the default recipe on the same dataset with training seed
                 S + 100 / S + 200 (folds, initial weights, pre-training draws): the recipe's own seed noise;
-                when all three are there, row ``recipe_seeds_averaged`` scores their mean probabilities;
+                when all three are there, row ``recipe_seeds_averaged`` scores the mean probabilities of
+                their MR-CCL round 0 (``round_0/predictions.csv``);
 * any ``--variant "NAME=train|recipe key=value ..."`` (repeatable) defines one more CLI method NAME.
 
 Every CLI run gets ``train.threads=1 train.progress=false`` plus ``--set`` overrides, one thread of
@@ -837,11 +838,13 @@ def main(argv=None) -> int:
                               "per_seed": {str(s): {k: r.get(k) for k in ("test", "cv_waf", "C", "oof_waf", "wall_seconds",
                                                                           "seconds", "cmd", "error", "ok") if k in r}
                                            for s, r in per_seed.items()}}
-        # the default recipe's predictions averaged over its training seeds (S, S + 100, S + 200)
+        # MR-CCL round 0 (the default recipe's output: no vote, no self-training) averaged over the
+        # training seeds S, S + 100, S + 200; round_0 because a `recipe` run made before the vote went
+        # off by default is reused as it is (its final predictions are a vote)
         avg = {}
         for s in args.seeds:
             sdir = out / corpus / f"seed{s}"
-            csvs = [sdir / "runs" / m / "predictions.csv" for m in ("recipe", *SEED_OFFSETS)]
+            csvs = [sdir / "runs" / m / "round_0" / "predictions.csv" for m in ("recipe", *SEED_OFFSETS)]
             if all(p.is_file() for p in csvs):
                 avg[s] = {"test": score_average(csvs, read_labels(sdir / "test-labels.csv")), "ok": True}
         if avg:
