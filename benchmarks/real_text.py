@@ -137,7 +137,6 @@ CLI_METHODS = {
     "recipe_mrccl_only": ("recipe", [], ["recipe.vote_members=[mrccl]"]),
     "recipe_vote_linear": ("recipe", [], ["recipe.vote_members=[mrccl,linear]"]),
     "recipe_vote_linear_equal": ("recipe", [], ["recipe.vote_members=[mrccl,linear]", "recipe.vote_weights=equal"]),
-    "recipe_vote_all_equal": ("recipe", [], ["recipe.vote_members=[mrccl,attention,linear]", "recipe.vote_weights=equal"]),
 }
 #: the default recipe again with another training seed (dataset seed S -> --seed S + offset; the same
 #: labeled / pool / test clips): how far the recipe's own mean over seeds moves with its seed alone
