@@ -40,13 +40,16 @@ Stages (``--stages``, comma separated; the dataset is built whenever a stage nee
 * ``lr_single`` the same (class_weight None) on one encoder at a time: ``lr_e5``, ``lr_minilm``, ``lr_use``;
 * ``lr_more``   a yardstick, not a competitor: the ``lr`` reference trained on the labeled clips plus N
                 pool clips *with their real labels* (the first N of a seeded permutation of the pool
-                clips that have a MER class, ``--more``, default 1000,3000): rows ``lr_plus<N>``. What N more labels would buy says
-                how much a semi-supervised method can be asked to get out of the pool;
+                clips that have a MER class, ``--more``, default 1000,3000): rows ``lr_plus<N>``.
+                What N more labels would buy says how much a semi-supervised method can be asked to
+                get out of the pool;
 * ``baseline``  ``semimer train --model attention``; ``mrccl``: ``semimer train --model mrccl``;
 * ``recipe``    ``semimer recipe --test-labels ...``;
 * ``ablations`` = ``recipe_no_selftrain`` (self_train.rounds=0), ``recipe_no_pretrain``
                 (pretrain.enabled=false), ``recipe_no_oversample`` (train.oversample=false),
                 ``recipe_mrccl_only`` (recipe.vote_members=[mrccl]); each can also be named alone;
+* ``recipe_vote_linear`` (recipe.vote_members=[mrccl,linear], nested choice of the weights),
+  ``recipe_vote_linear_equal`` (the same with recipe.vote_weights=equal);
 * ``recipe_seed100``, ``recipe_seed200``: the default recipe on the same dataset with training seed
                 S + 100 / S + 200 (folds, initial weights, pre-training draws): the recipe's own seed noise;
                 when all three are there, row ``recipe_seeds_averaged`` scores the mean probabilities of
