@@ -58,7 +58,8 @@ Stages (``--stages``, comma separated; the dataset is built whenever a stage nee
 
 Every CLI run gets ``train.threads=1 train.progress=false`` plus ``--set`` overrides, one thread of
 BLAS (``OMP_NUM_THREADS=1``), ``--seed S``; ``--jobs N`` runs N at once. A finished run
-(``results/<method>.json`` with the same command) is not run again unless ``--rerun``; a killed one
+(``results/<method>.json`` with the same command and the same resolved settings: a default changed
+in the code makes it stale) is not run again unless ``--rerun``; a killed one
 is started again in the same folder (train reuses finished folds, recipe resumes).
 Test score of ``semimer train`` runs: computed here from ``predictions.csv`` (argmax of the
 ``prob_<class>`` columns) against ``test-labels.csv``; of ``recipe`` runs: ``final.test`` of its
@@ -532,6 +533,16 @@ def has_group_column() -> bool:
         return False
 
 
+def settings_key(command: str, overrides: list[str]) -> str:
+    """Hash of the configuration ``semimer <command>`` resolves from its preset and these overrides:
+    part of a run's key, so that a finished run is not reused after a default changed in the code
+    (the command line alone stays the same when, e.g., the vote goes off by default)."""
+    from semimer.config import load_config, to_yaml
+
+    cfg = load_config(None, list(overrides), preset=command)
+    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
+
+
 def run_cli(method: str, spec: tuple, seed_dir: Path, seed: int, sets: list[str], rerun: bool,
             overwrite: dict, timeout: float | None) -> dict:
     command, options, overrides = spec
@@ -544,7 +555,7 @@ def run_cli(method: str, spec: tuple, seed_dir: Path, seed: int, sets: list[str]
     if command == "recipe":
         args += ["--test-labels", str(seed_dir / "test-labels.csv")]
     args += [*overrides, "train.threads=1", "train.progress=false", *sets]
-    key = " ".join(args)
+    key = " ".join(args) + f" | settings {settings_key(command, [*overrides, *sets])}"
     if res_file.is_file() and not rerun:
         prev = json.loads(res_file.read_text())
         if prev.get("key") == key and prev.get("ok"):

@@ -51,3 +51,19 @@ def test_score_average_is_the_argmax_of_the_mean_probabilities(rt, tmp_path):
     _write(tmp_path / "d.csv", names, a, ["neutral", "angry", "sad"])
     with pytest.raises(ValueError, match="columns"):
         rt.score_average([tmp_path / "a.csv", tmp_path / "d.csv"], test)
+
+
+def test_settings_key_follows_the_resolved_configuration(rt, monkeypatch, tmp_path):
+    """A run is keyed by what the command resolves, so a changed default makes a finished run stale."""
+    import semimer.config as config
+
+    base = rt.settings_key("recipe", ["data.group_column=dialogue"])
+    assert base == rt.settings_key("recipe", ["data.group_column=dialogue"])
+    assert base != rt.settings_key("train", ["data.group_column=dialogue"])  # another preset
+    assert base != rt.settings_key("recipe", ["data.group_column=dialogue", "self_train.rounds=1"])
+    # the same command line after the recipe's packaged preset changed a default: another key
+    changed = tmp_path / "recipe.yaml"
+    changed.write_text(config.preset_path("recipe").read_text() + "recipe:\n  vote_grid_step: 0.05\n")
+    real = config.preset_path
+    monkeypatch.setattr(config, "preset_path", lambda name: changed if name == "recipe" else real(name))
+    assert rt.settings_key("recipe", ["data.group_column=dialogue"]) != base
