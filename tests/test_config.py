@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from semimer.config import (RunConfig, class_thresholds, load_config, preset_names, preset_settings, to_yaml,
-                            validate)
+from semimer.config import RunConfig, class_thresholds, load_config, preset_names, preset_settings, to_yaml
+from semimer.config_checks import validate
 
 
 def _yaml(tmp_path, text, name="my.yaml"):

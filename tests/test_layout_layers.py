@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import from its own layer and the ones below)::
 
-    0 semimer (root), io, utils, config     1 data    2 eval    3 models    4 train
+    0 semimer (root), io, utils, config, config_checks    1 data    2 eval    3 models    4 train
     5 semi    6 extract    7 infer    8 serve, cli, commands, __main__
 
 Imports inside functions count too (a lazy import is still a dependency).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import semimer
 
-LAYERS = {"": 0, "io": 0, "utils": 0, "config": 0, "data": 1, "eval": 2, "models": 3, "train": 4, "semi": 5,
+LAYERS = {"": 0, "io": 0, "utils": 0, "config": 0, "config_checks": 0, "data": 1, "eval": 2, "models": 3, "train": 4, "semi": 5,
           "extract": 6, "infer": 7, "serve": 8, "cli": 8, "commands": 8, "__main__": 8, "configs": 0}
 ROOT = Path(semimer.__file__).parent
 

@@ -41,7 +41,8 @@ def add_config_arguments(p, preset: str | None = None) -> None:
 def config_from_args(args, extra: list[str] | None = None, preset: str | None = None):
     """The run config of a command: ``args.preset`` (or ``preset``) <- ``--config`` <- ``extra``
     and the flags <- the ``key=value`` arguments; model names checked against the registry."""
-    from semimer.config import check_model_names, load_config
+    from semimer.config import load_config
+    from semimer.config_checks import check_model_names
     from semimer.models import list_models
 
     over = list(extra or [])

@@ -19,7 +19,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from semimer.config import check_model_names, load_config
+    from semimer.config import load_config
+    from semimer.config_checks import check_model_names
     from semimer.models import list_models
     from semimer.semi.ablation import format_table, run_ablation
 

@@ -1,4 +1,5 @@
-"""Model registry: ``@register_model("name")`` on a class, ``build_model(name, ...)``, ``list_models()``.
+"""Model registry: ``@register_model("name")`` on a class, ``build_model(name, ...)``, ``list_models()``,
+``model_class(name)``.
 
 Every model takes ``dims`` (modality -> input width), ``num_classes`` and a
 :class:`semimer.config.ModelConfig` (plus optional extra keyword arguments), and implements the
@@ -40,8 +41,13 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def build_model(name: str, dims: dict[str, int], num_classes: int, cfg, **kwargs):
+def model_class(name: str) -> type:
+    """The class registered as ``name`` (e.g. to ask what kind of model it is before building one)."""
     _load_builtins()
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return MODELS[name](dims=dims, num_classes=num_classes, cfg=cfg, **kwargs)
+    return MODELS[name]
+
+
+def build_model(name: str, dims: dict[str, int], num_classes: int, cfg, **kwargs):
+    return model_class(name)(dims=dims, num_classes=num_classes, cfg=cfg, **kwargs)

@@ -5,8 +5,9 @@ It is *fitted by scikit-learn*, not by gradient steps: :meth:`LinearModel.fit_di
 ``LogisticRegressionCV`` (pure L2, lbfgs) with the inverse regularisation ``C`` chosen from
 ``model.linear_cs`` by a seeded stratified inner 5-fold CV on the training clips it is given
 (weighted F1 by default, ``model.linear_scoring=log_loss`` for calibration; grouped like the
-outer folds when ``data.group_column`` is set; never the fold being scored), then copies the coefficients into a torch ``Linear`` so
-that the model saves as safetensors, predicts on any device and votes like every other model.
+outer folds when ``data.group_column`` is set; never the fold being scored), then copies the
+coefficients into a torch ``Linear`` so that the model saves as safetensors, predicts on any
+device and votes like every other model.
 
 It is fitted on the whole training part of a fold (no clips held back for epoch selection:
 ``train.select`` does not apply). Oversampling does not apply (duplicates would sit on both sides
@@ -24,7 +25,6 @@ from semimer.models import register_model
 from semimer.models.base import EmotionModel
 
 
-
 def _waf_scorer(estimator, X, y) -> float:
     """Weighted F1 of ``estimator`` on ``(X, y)``: a plain callable, because scikit-learn 1.9's
     LogisticRegressionCV rebuilds string F1 scorers with ``pos_label`` twice on binary problems."""
@@ -34,7 +34,7 @@ def _waf_scorer(estimator, X, y) -> float:
 
 
 #: model.linear_scoring -> the scorer of the inner CV that chooses C
-SCORING = {"waf": _waf_scorer, "log_loss": "neg_log_loss"}
+SCORING = {"waf": _waf_scorer, "log_loss": "neg_log_loss"}  # checked in semimer.config_checks too
 #: logit given to a class absent from the training clips (probability ~0, never predicted)
 ABSENT_LOGIT = -30.0
 

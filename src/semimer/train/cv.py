@@ -61,7 +61,7 @@ from semimer.data.ragged import concat, load_features
 from semimer.eval.metrics import fmt, scores, summarise
 from semimer.eval.predictions import write_predictions, write_submission
 from semimer.io import read_json, write_json, write_text
-from semimer.models import build_model
+from semimer.models import build_model, model_class
 from semimer.models.checkpoint import load_state, save_model
 from semimer.train import distributed, run_state
 from semimer.train.accel import setup
@@ -182,10 +182,7 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
     plans = []
     # a directly fitted model (sklearn inside, e.g. linear) chooses its settings by its own inner CV:
     # it is fitted on the whole training part, no clips held back for epoch selection
-    from semimer.models import MODELS, list_models
-
-    list_models()  # the built-in models registered
-    direct = hasattr(MODELS.get(cfg.model.name), "fit_direct")
+    direct = hasattr(model_class(cfg.model.name), "fit_direct")
     for k in range(tc.folds):
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         pk = pseudo[k]
@@ -230,7 +227,7 @@ def cross_validate(data: MERData, cfg: RunConfig, out: str | Path, pseudo=None,
         if init_state is None or not any(k_.startswith("standardizer.") for k_ in init_state):
             model.standardizer.fit(train_x)  # statistics from this fold's training part only
         t1 = time.time()
-        if hasattr(model, "fit_direct"):  # closed-form / sklearn-fitted models choose their own settings
+        if direct:  # closed-form / sklearn-fitted models choose their own settings
             groups = None
             if data.groups is not None:  # the inner CV grouped like the folds; a pseudo-labeled clip is its own group
                 groups = [all_groups[i] for i in fit_idx]
