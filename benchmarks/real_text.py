@@ -778,7 +778,7 @@ def main(argv=None) -> int:
             t = time.time()
             for s in args.seeds:
                 sp, sdir = splits[s], cdir / f"seed{s}"
-                y, yt = [by[n].cls for n in sp["labeled"]], [by[n].cls for n in sp["test"]]
+                yt = [by[n].cls for n in sp["test"]]
                 Xt = {e: emb["caches"][e].get(sp["test"]) for e in ENCODERS}
                 runs = []
                 if "lr" in lr_names:

@@ -1,7 +1,7 @@
 """Open and read times of the two feature stores: per-clip ``.npy`` folder vs packed memory-map.
 
 For each feature dim: write N utterance-level ``(D,)`` float32 clips as ``features/<F>/<name>.npy``
-(the field's layout; timed, not the focus), pack them with ``semimer.data.store.pack_folder``
+(the field's layout; timed, not the focus), pack them with ``semimer.data.pack.pack_folder``
 (timed), then for ``NpyFolderStore`` and ``PackedStore``:
 
 * open: construct the store (folder: list + sort 100k names and read one header; pack: read
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semimer.data.store import NpyFolderStore, PackedStore, pack_folder
+from semimer.data.pack import pack_folder
+from semimer.data.store import NpyFolderStore, PackedStore
 from semimer.io import write_json
 from semimer.utils import peak_rss_mb
 

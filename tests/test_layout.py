@@ -9,7 +9,7 @@ import pytest
 
 from semimer import MER2024_CLASSES
 from semimer.data.layout import load_dataset
-from semimer.data.store import pack_folder
+from semimer.data.pack import pack_folder
 
 FEATURES = {"audio": "a-UTT", "text": "t-UTT"}
 DIMS = {"a-UTT": 5, "t-UTT": 3}

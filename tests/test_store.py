@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from semimer.data.store import NpyFolderStore, PackedStore, PackedWriter, open_store, pack_folder
+from semimer.data.pack import PackedWriter, pack_folder
+from semimer.data.store import NpyFolderStore, PackedStore, open_store
 
 
 def _names(n):

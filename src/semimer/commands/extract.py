@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, shard_i: int, shard_n: int, clips: list, mine: list) -> int:
-    from semimer.data.store import pack_folder
+    from semimer.data.pack import pack_folder
     from semimer.extract import build_extractor, is_audio_file, run_extraction
     from semimer.extract.text import default_text_extractor, make_transcriber, read_transcripts_column
     from semimer.extract.visual import default_visual_extractor

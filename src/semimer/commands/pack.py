@@ -11,7 +11,8 @@ def add_arguments(p):
 def run(args) -> int:
     from pathlib import Path
 
-    from semimer.data.store import FEATURES_DIRNAME, pack_folder
+    from semimer.data.pack import pack_folder
+    from semimer.data.store import FEATURES_DIRNAME
 
     root = Path(args.data)
     feats = args.features or sorted(p.name for p in (root / FEATURES_DIRNAME).iterdir() if p.is_dir()) \

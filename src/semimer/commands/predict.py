@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from semimer.infer.predict import check_inputs, load_ensemble, predict_clips, read_run_features
+    from semimer.infer.inputs import check_inputs
+    from semimer.infer.predict import load_ensemble, predict_clips, read_run_features
     from semimer.utils import log, pick_device
 
     read_run_features(args.run)  # a missing run or features.json fails before anything heavy

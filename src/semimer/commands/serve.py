@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import socket
 
-    from semimer.infer.predict import check_reextractable, read_run_features
+    from semimer.infer.inputs import check_reextractable
+    from semimer.infer.predict import read_run_features
     from semimer.utils import log
 
     features = read_run_features(args.run)  # a missing run or features.json fails before anything heavy

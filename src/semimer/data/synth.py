@@ -60,7 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from semimer import MER2024_CLASSES
-from semimer.data.store import FEATURES_DIRNAME, PACKED_DIRNAME, PackedWriter, pack_folder
+from semimer.data.pack import PackedWriter, pack_folder
+from semimer.data.store import FEATURES_DIRNAME, PACKED_DIRNAME
 from semimer.io import save_npy, write_csv, write_json
 from semimer.utils import log
 

@@ -5,7 +5,8 @@ Reading order: :mod:`~semimer.extract.registry` (the :class:`Extractor` base cla
 :mod:`~semimer.extract.clip` (one lazily decoded clip), :mod:`~semimer.extract.faces` (Haar face
 crops), the extractors by modality (:mod:`~semimer.extract.audio`, :mod:`~semimer.extract.text`,
 :mod:`~semimer.extract.visual`, with :mod:`~semimer.extract.fer_xception`), and
-:mod:`~semimer.extract.runner` (many clips: sharding, resume, failures).
+:mod:`~semimer.extract.runner` (many clips: sharding, resume, failures), and
+:mod:`~semimer.extract.reextract` (one clip again, from a run's metadata, at prediction time).
 
 Library use::
 
@@ -36,11 +37,10 @@ from semimer.extract.registry import (
     parse_spec,
     register_extractor,
 )
+from semimer.extract.reextract import extract_clip_features, extract_clip_features_partial
 from semimer.extract.runner import (
     ClipEntry,
     ExtractReport,
-    extract_clip_features,
-    extract_clip_features_partial,
     list_clips,
     parse_shard,
     reason_kind,

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from semimer.infer.predict import Ensemble, check_modality, check_reextractable, missing_row, predict_features
+from semimer.infer.inputs import check_modality, check_reextractable, missing_row
+from semimer.infer.predict import Ensemble, predict_features
 
 
 class UnpredictableClip(ValueError):

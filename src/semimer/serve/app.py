@@ -42,7 +42,8 @@ from fastapi.staticfiles import StaticFiles
 
 from semimer.extract.decode import MEDIA_EXTENSIONS
 from semimer.infer.explain import UnpredictableClip, explain_clip
-from semimer.infer.predict import Ensemble, load_ensemble, needs_transcript
+from semimer.infer.inputs import needs_transcript
+from semimer.infer.predict import Ensemble, load_ensemble
 from semimer.serve.faces import face_crops
 from semimer.serve.run_view import run_files, run_summary
 from semimer.serve.uploads import ApiError, clip_name, media_suffix, probe, save, too_large

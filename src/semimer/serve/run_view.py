@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from semimer.eval.metrics import fmt, scores
-from semimer.infer.predict import Ensemble, needs_transcript
+from semimer.infer.inputs import needs_transcript
+from semimer.infer.predict import Ensemble
 from semimer.io import read_csv, read_json
 from semimer.utils import log
 
